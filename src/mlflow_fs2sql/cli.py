@@ -1,0 +1,171 @@
+"""The command line: a Typer skin over ``migrate.migrate`` and ``migrate.verify``.
+
+This is the one place that prints errors and chooses exit codes (table in ``errors.py`` and the
+README). Heavy modules (SQLAlchemy, Alembic, MLflow) are imported inside the commands so that
+``--help`` and ``--version`` stay fast.
+"""
+
+import os
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, Fs2sqlError
+
+app = typer.Typer(
+    name="fs2sql",
+    help="Move an MLflow FileStore (./mlruns) into an SQL database, losslessly, and prove it.",
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"fs2sql {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version_callback, is_eager=True,
+        help="Show the version and exit.")] = None,
+) -> None:
+    """fs2sql: migrate an MLflow FileStore into SQLite with MLflow's own schema."""
+
+
+SourceArg = Annotated[str, typer.Argument(
+    help="The mlruns folder (or the folder that contains it).", show_default=False)]
+TargetArg = Annotated[str, typer.Argument(
+    help="The database: a file path (out.db) or an sqlite:/// URI.", show_default=False)]
+JsonOpt = Annotated[Optional[str], typer.Option(
+    "--json", metavar="FILE", help="Also write the report as JSON to FILE ('-' for stdout).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no report "
+                                        "table; errors still go to stderr.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")]
+SkipOpt = Annotated[bool, typer.Option(
+    "--skip-invalid", help="Skip invalid entities (and what depends on them) instead of stopping;"
+    " the report lists each one. Exit code 4 when anything was skipped.")]
+
+
+@app.command()
+def migrate(
+    source: SourceArg,
+    target: TargetArg,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Compare the result with the source before publishing it.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Walk and count everything; write nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", "-f", help="Replace an existing target file without asking.")] = False,
+    skip_invalid: SkipOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    json_file: JsonOpt = None,
+) -> None:
+    """Migrate SOURCE (an MLflow FileStore) into TARGET (a new SQLite database)."""
+    from .migrate import MigrateOptions
+    from .migrate import migrate as run_migrate
+
+    def run(progress):
+        overwrite = force or _confirm_replace(target)
+        options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
+                                 skip_invalid=skip_invalid)
+        return run_migrate(source, target, options, progress)
+
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
+
+
+@app.command()
+def verify(
+    source: SourceArg,
+    target: TargetArg,
+    skip_invalid: SkipOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    json_file: JsonOpt = None,
+) -> None:
+    """Compare SOURCE with TARGET field by field; exit 3 if anything differs."""
+    from .migrate import verify as run_verify
+
+    _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
+                                     progress=progress),
+         quiet=quiet, verbose=verbose, json_file=json_file)
+
+
+def _confirm_replace(target: str) -> bool:
+    """Ask on a terminal before replacing an existing file; without one, refuse (no --force)."""
+    from .targets.sqlite import describe_sqlite_file, sqlite_path
+
+    try:
+        path = sqlite_path(target)
+    except Fs2sqlError:
+        return False
+    if not os.path.isfile(path) or not sys.stdin.isatty():
+        return False
+    return typer.confirm(
+        f"{path} exists ({describe_sqlite_file(path)}). Replace it with the migrated database?",
+        default=False, err=True)
+
+
+def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> None:
+    from rich.console import Console
+
+    from .progress import NULL_PROGRESS
+    from .report import RichProgress, render
+
+    err = Console(stderr=True)
+    out = Console()
+    progress = NULL_PROGRESS if quiet or not err.is_terminal else RichProgress(err)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        report = action(progress)
+    except KeyboardInterrupt:
+        err.print("Interrupted: nothing was written (the target is as it was).", markup=False)
+        if verbose:
+            raise
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Fs2sqlError as exc:
+        if verbose:
+            err.print_exception()
+        err.print(f"Error: {exc.paragraph()}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # a bug or an environment problem: still one paragraph
+        if verbose:
+            err.print_exception()
+        err.print(f"Error: fs2sql failed unexpectedly ({type(exc).__name__}: {exc}). Nothing was "
+                  "written. Run again with --verbose for the traceback, and please report it.",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if json_file == "-":
+        import json
+
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        if json_file:
+            report.write_json(json_file)
+        if not quiet:
+            render(report, out)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The report: what was found, written and verified -- as data, as JSON, and as a Rich table.
+
+``Report`` is plain data returned by the library. ``render`` and ``RichProgress`` are the only
+places that import Rich; they write to the console they are given (stderr for progress).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from .errors import EXIT_OK, EXIT_SKIPPED, EXIT_VERIFY_FAILED
+from .model import Skipped
+from .progress import Progress
+
+JSON_SCHEMA_VERSION = 1
+
+# Report rows: (label, table). Order = the order rows are written.
+KINDS = (
+    ("Experiments", "experiments"),
+    ("Experiment tags", "experiment_tags"),
+    ("Runs", "runs"),
+    ("Params", "params"),
+    ("Run tags", "tags"),
+    ("Metric points", "metrics"),
+    ("Latest metrics", "latest_metrics"),
+)
+
+MAX_MISMATCHES_SHOWN = 20
+
+
+@dataclass
+class Report:
+    command: str  # "migrate" or "verify"
+    source: str
+    target: str
+    dry_run: bool = False
+    mlflow_skinny_version: str = ""
+    revision: str = ""
+    found: Dict[str, int] = field(default_factory=dict)
+    written: Optional[Dict[str, int]] = None
+    verified: Optional[Dict[str, int]] = None
+    mismatches: List[str] = field(default_factory=list)
+    mismatch_count: int = 0
+    skipped: List[Skipped] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+    not_migrated: Dict[str, List[str]] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    start_command: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch_count == 0
+
+    @property
+    def exit_code(self) -> int:
+        if not self.ok:
+            return EXIT_VERIFY_FAILED
+        if self.skipped:
+            return EXIT_SKIPPED
+        return EXIT_OK
+
+    @property
+    def total_rows(self) -> int:
+        counts = self.written if self.written is not None else self.found
+        return sum(counts.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "fs2sql_report": JSON_SCHEMA_VERSION,
+            "command": self.command,
+            "source": self.source,
+            "target": self.target,
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "schema": {"revision": self.revision, "mlflow_skinny": self.mlflow_skinny_version},
+            "kinds": [
+                {
+                    "kind": label,
+                    "table": table,
+                    "found": self.found.get(table, 0),
+                    "written": None if self.written is None else self.written.get(table, 0),
+                    "verified": None if self.verified is None else self.verified.get(table, 0),
+                }
+                for label, table in KINDS
+            ],
+            "mismatch_count": self.mismatch_count,
+            "mismatches": self.mismatches,
+            "skipped": [vars(s) for s in self.skipped],
+            "ignored": self.ignored,
+            "not_migrated": self.not_migrated,
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rows_per_s": round(self.total_rows / self.elapsed_s) if self.elapsed_s else None,
+            "start_command": self.start_command,
+        }
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
+def render(report: Report, console) -> None:
+    """The final table and notes, on ``console`` (stdout)."""
+    from rich.table import Table
+
+    title = {"migrate": "fs2sql migrate", "verify": "fs2sql verify"}[report.command]
+    if report.dry_run:
+        title += " (dry run: nothing written)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("Kind")
+    table.add_column("Found", justify="right")
+    if report.written is not None:
+        table.add_column("Written", justify="right")
+    if report.verified is not None:
+        table.add_column("Verified", justify="right")
+    for label, key in KINDS:
+        row = [label, f"{report.found.get(key, 0):,}"]
+        if report.written is not None:
+            row.append(f"{report.written.get(key, 0):,}")
+        if report.verified is not None:
+            row.append(f"{report.verified.get(key, 0):,}")
+        table.add_row(*row)
+    console.print(table)
+    rate = f", {report.total_rows / report.elapsed_s:,.0f} rows/s" if report.elapsed_s else ""
+    console.print(f"Source: {report.source}")
+    if report.target:
+        console.print(f"Target: {report.target}")
+    if report.revision:
+        made_by = (f" (mlflow-skinny {report.mlflow_skinny_version})"
+                   if report.mlflow_skinny_version else "")
+        console.print(f"Schema: Alembic revision {report.revision}{made_by}")
+    console.print(f"Elapsed: {report.elapsed_s:.2f} s{rate}")
+    for note in report.notes:
+        console.print(f"Note: {note}", markup=False)
+    for kind, paths in sorted(report.not_migrated.items()):
+        console.print(f"Not migrated ({kind}): {len(paths)}, e.g. {paths[0]}", markup=False)
+    if report.ignored:
+        console.print(f"Ignored (not MLflow data): {len(report.ignored)}, e.g. "
+                      f"{report.ignored[0]}", markup=False)
+    for skipped in report.skipped:
+        console.print(f"SKIPPED {skipped.kind} {skipped.entity_id}: {skipped.path}: "
+                      f"{skipped.reason}", markup=False)
+    for warning in report.warnings:
+        console.print(f"Warning: {warning}", markup=False, style="yellow")
+    for line in report.mismatches[:MAX_MISMATCHES_SHOWN]:
+        console.print(line, markup=False, style="red")
+    if report.mismatch_count > MAX_MISMATCHES_SHOWN:
+        console.print(f"... and {report.mismatch_count - MAX_MISMATCHES_SHOWN} more differences "
+                      "(all of them are in --json).", markup=False)
+    if report.command == "verify" or report.verified is not None:
+        verdict = ("Verified: the database holds exactly what the store holds." if report.ok else
+                   f"Verification FAILED: {report.mismatch_count} differences.")
+        console.print(verdict, style="green" if report.ok else "bold red")
+    if report.start_command and report.ok and not report.dry_run:
+        console.print(f"Start MLflow on it: {report.start_command}", markup=False,
+                      soft_wrap=True)
+
+
+class RichProgress(Progress):
+    """A transient Rich bar on stderr; off the terminal it draws nothing."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as _P
+
+        self._progress = _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True)
+        self._task = None
+
+    def start(self, description: str, total: int) -> None:
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+        else:
+            self._progress.reset(self._task, total=total, description=description)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._progress.stop()
+            self._task = None

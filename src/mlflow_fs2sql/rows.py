@@ -1,0 +1,147 @@
+"""Entities to table rows: the one mapping that both the writer and ``verify`` use.
+
+Each table has a spec: its columns in the order rows are built, its primary key, and constant
+columns (``workspace``). Only columns the target schema has are written, so an older MLflow
+revision (no ``deleted_time``, no ``workspace``) takes the same rows. Values are checked against
+the target's column sizes before anything is written: SQLite would store an over-long value
+silently and PostgreSQL/MySQL would reject it half-way, so fs2sql refuses it up front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import InvalidSource
+from .model import Experiment, Run
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: Tuple[str, ...]
+    pk: Tuple[str, ...]
+    constants: Tuple[Tuple[str, object], ...] = ()
+
+
+_WORKSPACE = (("workspace", "default"),)
+_METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+
+SPECS: Dict[str, TableSpec] = {
+    s.name: s
+    for s in (
+        TableSpec(
+            "experiments",
+            ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time",
+             "last_update_time"),
+            ("experiment_id",),
+            _WORKSPACE,
+        ),
+        TableSpec("experiment_tags", ("key", "value", "experiment_id"), ("experiment_id", "key")),
+        TableSpec(
+            "runs",
+            ("run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id",
+             "status", "start_time", "end_time", "deleted_time", "source_version",
+             "lifecycle_stage", "artifact_uri", "experiment_id"),
+            ("run_uuid",),
+        ),
+        TableSpec("params", ("key", "value", "run_uuid"), ("run_uuid", "key")),
+        TableSpec("tags", ("key", "value", "run_uuid"), ("run_uuid", "key")),
+        TableSpec("metrics", _METRIC_COLUMNS, ("run_uuid", "key", "timestamp", "step", "value",
+                                              "is_nan")),
+        TableSpec("latest_metrics", _METRIC_COLUMNS, ("run_uuid", "key")),
+    )
+}
+
+# Parents before children, so foreign keys hold at every flush.
+TABLE_ORDER: Tuple[str, ...] = tuple(SPECS)
+
+Rows = Dict[str, Sequence[tuple]]
+
+
+def rows_for(entity) -> Rows:
+    """Every row an entity becomes, per table, in ``TableSpec.columns`` order."""
+    if isinstance(entity, Run):
+        return _run_rows(entity)
+    if isinstance(entity, Experiment):
+        return _experiment_rows(entity)
+    raise TypeError(f"no rows for {type(entity).__name__}")
+
+
+def _experiment_rows(e: Experiment) -> Rows:
+    return {
+        "experiments": [(e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage,
+                         e.creation_time, e.last_update_time)],
+        "experiment_tags": [(k, v, e.experiment_id) for k, v in e.tags],
+    }
+
+
+def _run_rows(r: Run) -> Rows:
+    rid = r.run_uuid
+    return {
+        "runs": [(rid, r.name, r.source_type, r.source_name, r.entry_point_name, r.user_id,
+                  r.status, r.start_time, r.end_time, r.deleted_time, r.source_version,
+                  r.lifecycle_stage, r.artifact_uri, r.experiment_id)],
+        "params": [(k, v, rid) for k, v in r.params],
+        "tags": [(k, v, rid) for k, v in r.tags],
+        "metrics": [p + (rid,) for p in r.metrics],
+        "latest_metrics": [p + (rid,) for p in r.latest_metrics],
+    }
+
+
+class TargetColumns:
+    """What the target schema has: column names and string sizes per table."""
+
+    def __init__(self, columns: Dict[str, Dict[str, Optional[int]]]):
+        # table -> {column: max length or None}
+        self.columns = columns
+
+    def has_table(self, table: str) -> bool:
+        return table in self.columns
+
+    def insert_columns(self, spec: TableSpec) -> Tuple[List[str], Optional[List[int]], List[tuple]]:
+        """(columns to insert, indices to project rows with or None, constant (name, value))."""
+        have = self.columns[spec.name]
+        keep = [i for i, c in enumerate(spec.columns) if c in have]
+        names = [spec.columns[i] for i in keep]
+        consts = [(c, v) for c, v in spec.constants if c in have]
+        projection = None if len(keep) == len(spec.columns) else keep
+        return names + [c for c, _ in consts], projection, consts
+
+    def check(self, entity) -> None:
+        """Raise ``InvalidSource`` if a value does not fit its column (never cut silently)."""
+        kind = "run" if isinstance(entity, Run) else "experiment"
+        entity_id = entity.run_uuid if isinstance(entity, Run) else str(entity.experiment_id)
+        for table, rows in rows_for(entity).items():
+            if table == "metrics":
+                continue  # same strings as latest_metrics, checked there once per key
+            if table not in self.columns:
+                if rows:
+                    raise InvalidSource(
+                        f"has {len(rows)} {table} rows, but the chosen MLflow schema has no "
+                        f"'{table}' table.", path=entity.path, kind=kind, entity_id=entity_id,
+                        hint="Choose a newer --mlflow-version.")
+                continue
+            self._check_rows(self.columns[table], SPECS[table], rows, entity, kind, entity_id)
+
+    @staticmethod
+    def _check_rows(sizes, spec, rows: Iterable[tuple], entity, kind, entity_id) -> None:
+        limited = [(i, c, sizes[c]) for i, c in enumerate(spec.columns) if sizes.get(c)]
+        for row in rows:
+            for i, column, size in limited:
+                value = row[i]
+                if isinstance(value, str) and len(value) > size:
+                    what = _describe(spec.name, row)
+                    raise InvalidSource(
+                        f"{what}: column {spec.name}.{column} holds at most {size} characters "
+                        f"but the value has {len(value)}; fs2sql never cuts values.",
+                        path=entity.path, kind=kind, entity_id=entity_id,
+                        hint="Shorten the value in the file (MLflow would truncate it to "
+                        f"{size}), or run again with --skip-invalid to leave this {kind} out.",
+                    )
+
+
+def _describe(table: str, row: tuple) -> str:
+    if table in ("params", "tags", "experiment_tags", "latest_metrics"):
+        return f"{table.rstrip('s').replace('_', ' ')} '{row[0][:80]}'"
+    return f"{table} row"

@@ -1,0 +1,46 @@
+"""The interface every target database implements."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+from ..rows import TargetColumns
+
+
+class Target:
+    """One migration's destination. Lifecycle: ``prepare`` -> ``begin`` -> inserts -> ``publish``
+    (or ``abort`` on any failure). ``display`` never shows credentials."""
+
+    display: str = ""
+    revision: str = ""
+    mlflow_skinny_version: str = ""
+
+    def prepare(self) -> None:
+        """Check the target can be written, before any source file is read."""
+        raise NotImplementedError
+
+    def begin(self):
+        """Create the empty schema and return an open connection in one transaction."""
+        raise NotImplementedError
+
+    def columns(self) -> TargetColumns:
+        raise NotImplementedError
+
+    def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
+        """The order in which ``insert_many`` expects the values of each row."""
+        raise NotImplementedError
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
+        raise NotImplementedError
+
+    def publish(self, before: Optional[Callable[[], None]] = None) -> None:
+        """Commit and make the result visible; ``before`` runs (e.g. verify) just before."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Undo everything; the target is as it was before ``prepare``."""
+        raise NotImplementedError
+
+    def start_command(self) -> str:
+        """The command that starts MLflow's server on the result."""
+        raise NotImplementedError

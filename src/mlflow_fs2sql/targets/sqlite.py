@@ -1,0 +1,285 @@
+"""SQLite: build into a temporary file beside the target, rename it into place when complete.
+
+A failure, Ctrl-C or kill -9 at any moment therefore leaves no target (a clean failure leaves no
+temporary file either; a killed run's file is removed by the next run). The load runs with the
+journal off and synchronous off -- safe because the file is thrown away unless it is complete --
+and the result is switched back to a plain rollback-journal database before it is published.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sqlite3
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import TargetError
+from ..rows import TargetColumns
+from ..schema import copy_file, empty_sqlite_schema, read_target_columns
+from .base import Target
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.fs2sql-(?P<pid>\d+)\.tmp$")
+
+
+def sqlite_path(target: str) -> str:
+    """A filesystem path from a path or an ``sqlite:///`` URI."""
+    if target.lower().startswith("sqlite:"):
+        rest = target.split(":", 1)[1]
+        if not rest.startswith("///") or len(rest) <= 3:
+            raise TargetError(
+                f"'{target}' is not an SQLite URI fs2sql understands.",
+                hint="Write sqlite:///relative/path.db or sqlite:////absolute/path.db, or just a "
+                "file path.",
+            )
+        target = rest[3:].split("?", 1)[0]
+    return os.path.abspath(os.path.expanduser(target))
+
+
+def describe_sqlite_file(path: str) -> str:
+    """What an existing file holds, in words, for prompts and errors."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"a file fs2sql cannot read ({exc.strerror})"
+    if os.path.getsize(path) == 0:
+        return "an empty file"
+    if head != SQLITE_MAGIC:
+        return "a file that is not an SQLite database"
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "experiments" in tables and "runs" in tables:
+                n_exp = con.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+                n_run = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                return f"an MLflow database with {n_exp} experiments and {n_run} runs"
+            if not tables:
+                return "an empty SQLite database"
+            return f"an SQLite database with {len(tables)} tables that are not MLflow's"
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"a damaged SQLite file ({exc})"
+
+
+class SqliteTarget(Target):
+    def __init__(self, target: str, *, overwrite: bool = False, revision: Optional[str] = None):
+        self.path = sqlite_path(target)
+        self.display = self.path
+        self.overwrite = overwrite
+        self.requested_revision = revision
+        self.tmp_path = os.path.join(
+            os.path.dirname(self.path), f".{os.path.basename(self.path)}.fs2sql-{os.getpid()}.tmp"
+        )
+        self._engine = None
+        self.conn = None
+        self._raw = None
+        self._sql_cache = {}
+        self._columns: Optional[TargetColumns] = None
+
+    # -- checks ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise TargetError(
+                "the folder for the database does not exist.", path=folder,
+                hint="Create it first (mkdir -p) or choose another target path.",
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise TargetError(
+                "fs2sql cannot create files in this folder (permission denied).", path=folder,
+                hint="Choose a target in a folder you can write to.",
+            )
+        if os.path.isdir(self.path):
+            raise TargetError("is a folder, not a database file.", path=self.path,
+                              hint="Give a file name such as out.db.")
+        if os.path.exists(self.path) and not self.overwrite:
+            raise TargetError(
+                f"already exists and is {describe_sqlite_file(self.path)}. fs2sql never writes "
+                "into an existing database.",
+                path=self.path,
+                hint="Choose a new file name, or pass --force to replace the file with the "
+                "migrated database (the old file stays untouched until the new one is complete).",
+            )
+        self._remove_stale_temporaries(folder)
+
+    def _remove_stale_temporaries(self, folder: str) -> None:
+        """Files left by a killed fs2sql (its process is gone) for this same target."""
+        base = os.path.basename(self.path)
+        for name in os.listdir(folder):
+            m = _TMP_RE.match(name)
+            if not m or m.group("name") != base:
+                continue
+            if _pid_alive(int(m.group("pid"))) and int(m.group("pid")) != os.getpid():
+                continue
+            for suffix in ("", "-journal"):
+                try:
+                    os.unlink(os.path.join(folder, name + suffix))
+                except FileNotFoundError:
+                    pass
+
+    # -- load --------------------------------------------------------------------------------
+    def begin(self):
+        from sqlalchemy import create_engine, event
+        from sqlalchemy.pool import StaticPool
+
+        schema_file, info = empty_sqlite_schema(self.requested_revision)
+        self.revision = info.revision
+        self.mlflow_skinny_version = info.mlflow_skinny_version
+        try:
+            copy_file(schema_file, self.tmp_path)
+        except OSError as exc:
+            self._cleanup()
+            raise _io_error(exc, self.tmp_path) from exc
+        self._engine = create_engine(f"sqlite:///{self.tmp_path}", poolclass=StaticPool)
+
+        @event.listens_for(self._engine, "connect")
+        def _bulk_load_pragmas(dbapi_conn, _record):
+            # Journal and fsync off: the file is discarded unless the load completes.
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
+                           "temp_store=MEMORY", "cache_size=-32768", "foreign_keys=OFF"):
+                dbapi_conn.execute(f"PRAGMA {pragma}")
+
+        self.conn = self._engine.connect()
+        self._raw = self.conn.connection.driver_connection
+        return self.conn
+
+    def columns(self) -> TargetColumns:
+        if self._columns is None:
+            self._columns = read_target_columns(self.conn)
+        return self._columns
+
+    def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
+        sql, order = _compile_insert(self.conn, table, columns)
+        self._sql_cache[table, tuple(order)] = sql
+        return order
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
+        sql = self._sql_cache[table, tuple(columns)]
+        try:
+            # The compiled Core insert(), executed by the driver's executemany: no per-row
+            # parameter processing (values are already plain Python types).
+            self.conn.exec_driver_sql(sql, rows)
+        except Exception as exc:
+            raise _wrap_db_error(exc, self.tmp_path) from exc
+
+    # -- finish ------------------------------------------------------------------------------
+    def publish(self, before: Optional[Callable[[], None]] = None) -> None:
+        try:
+            self.conn.commit()
+            orphans = self.conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if orphans:
+                raise TargetError(
+                    f"the finished database has {len(orphans)} rows whose parent is missing "
+                    f"(first: table {orphans[0][0]}, parent {orphans[0][2]}). This is a bug in "
+                    "fs2sql; nothing was written.",
+                    hint="Please report it with the output of --verbose.",
+                )
+            self.conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
+            if before is not None:
+                before()
+            self.conn.close()
+            self._engine.dispose()
+            self.conn = self._engine = None
+            _fsync(self.tmp_path)
+            os.replace(self.tmp_path, self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        except OSError as exc:
+            self.abort()
+            raise _io_error(exc, self.path) from exc
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.close()
+            if self._engine is not None:
+                self._engine.dispose()
+        except Exception:
+            pass
+        self.conn = self._engine = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for suffix in ("", "-journal"):
+            try:
+                os.unlink(self.tmp_path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def start_command(self) -> str:
+        return f"mlflow server --backend-store-uri sqlite:///{self.path}"
+
+
+def open_sqlite_readonly(target: str):
+    """An engine that reads an existing database without changing it (for ``verify``)."""
+    from sqlalchemy import create_engine
+
+    path = sqlite_path(target)
+    if not os.path.isfile(path):
+        raise TargetError("does not exist.", path=path, hint="Run fs2sql migrate first.")
+    if describe_sqlite_file(path).startswith(("a file", "an empty file", "a damaged")):
+        raise TargetError(f"is {describe_sqlite_file(path)}.", path=path)
+    return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+
+def _compile_insert(conn, table: str, columns: Sequence[str]):
+    """The INSERT for ``columns`` and the order its positional parameters take."""
+    from sqlalchemy import MetaData, Table, insert
+
+    t = Table(table, MetaData(), autoload_with=conn)
+    compiled = insert(t).compile(dialect=conn.dialect, column_keys=list(columns))
+    return str(compiled), list(compiled.positiontup)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _io_error(exc: OSError, path: str) -> TargetError:
+    if exc.errno == errno.ENOSPC:
+        return TargetError("the disk is full; nothing was written.", path=path,
+                           hint="Free some space (the database needs about the size of the "
+                           "mlruns metadata) and run again.")
+    return TargetError(f"cannot be written ({exc.strerror or exc}); nothing was written.",
+                       path=path)
+
+
+def _wrap_db_error(exc: Exception, path: str) -> Exception:
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, sqlite3.OperationalError) and "full" in str(orig):
+        return TargetError("the disk is full; nothing was written.", path=path,
+                           hint="Free some space and run again.")
+    return exc

@@ -1,0 +1,325 @@
+"""The source side: find the store, walk it, and yield typed entities (``model.py``).
+
+It reads the files itself and never imports MLflow. Order is deterministic: experiments by ID
+(active first, then ``.trash``), each followed by its runs in directory-name order. Memory holds
+one run at a time. In strict mode the first invalid entity raises ``InvalidSource``; with
+``skip_invalid`` it is recorded in ``Walk.skipped`` together with what depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Set, Union
+
+from .errors import InvalidSource, SourceError
+from .model import Experiment, Run, Skipped
+from .parse import (
+    field_int,
+    field_str,
+    is_junk,
+    parse_metric_lines,
+    read_bytes,
+    read_key_values,
+    read_yaml_mapping,
+    walk_key_files,
+)
+
+TRASH = ".trash"
+REGISTRY = "models"
+# Sub-directories of an experiment that are never runs (FileStore's reserved names).
+EXPERIMENT_RESERVED = frozenset({"tags", "datasets", "traces", "models"})
+
+RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+SOURCE_TYPE = {1: "NOTEBOOK", 2: "JOB", 3: "PROJECT", 4: "LOCAL", 5: "UNKNOWN", 1000: "UNKNOWN"}
+LIFECYCLE = ("active", "deleted")
+_NUMERIC_ID = re.compile(r"^[0-9]+$")
+
+Entity = Union[Experiment, Run]
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    dir_name: str
+    path: str
+    in_trash: bool
+
+
+def locate_store(source: str) -> str:
+    """The ``mlruns`` directory: ``source`` itself or its ``mlruns`` sub-folder."""
+    path = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(path):
+        raise SourceError(
+            "does not exist.", path=source, hint="Give the path of your mlruns folder."
+        )
+    if not os.path.isdir(path):
+        raise SourceError(
+            "is a file, not a folder.",
+            path=source,
+            hint="Give the path of your mlruns folder (the one holding meta.yaml files).",
+        )
+    for candidate in (path, os.path.join(path, "mlruns")):
+        if _looks_like_store(candidate):
+            return candidate
+    if not os.listdir(path):
+        raise SourceError("is an empty folder: there is nothing to migrate.", path=source)
+    raise SourceError(
+        "is not an MLflow FileStore: it has no experiment folder with a meta.yaml, no .trash and "
+        "no models folder, and no mlruns sub-folder.",
+        path=source,
+        hint="Give the folder that MLflow wrote (usually ./mlruns, the one holding 0/meta.yaml).",
+    )
+
+
+def _looks_like_store(path: str) -> bool:
+    if not os.path.isdir(path):
+        return False
+    for entry in os.scandir(path):
+        if not entry.is_dir():
+            continue
+        if entry.name in (TRASH, REGISTRY):
+            return True
+        if os.path.isfile(os.path.join(entry.path, "meta.yaml")):
+            return True
+    return False
+
+
+class Walk:
+    """One pass over a store. ``check`` validates an entity against the target (column sizes)."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        skip_invalid: bool = False,
+        check: Optional[Callable[[Entity], None]] = None,
+    ):
+        self.root = root
+        self.skip_invalid = skip_invalid
+        self.check = check or (lambda entity: None)
+        self.skipped: List[Skipped] = []
+        self.ignored: List[str] = []  # junk files and stray folders, listed in the report
+        self.not_migrated: Dict[str, List[str]] = {}  # kind -> paths fs2sql does not carry yet
+        self.duplicate_metric_lines = 0
+        self.running_runs = 0
+        self._experiment_names: Dict[str, str] = {}
+        self._run_ids: Dict[str, str] = {}
+
+    # -- discovery ---------------------------------------------------------------------------
+    def experiment_dirs(self) -> List[ExperimentDir]:
+        found: List[ExperimentDir] = []
+        for in_trash, base in ((False, self.root), (True, os.path.join(self.root, TRASH))):
+            if not os.path.isdir(base):
+                continue
+            for entry in os.scandir(base):
+                if not in_trash and entry.name in (TRASH, REGISTRY):
+                    continue
+                if is_junk(entry.name) or not entry.is_dir():
+                    self.ignored.append(entry.path)
+                    continue
+                found.append(ExperimentDir(entry.name, entry.path, in_trash))
+
+        def order(d: ExperimentDir):
+            numeric = _NUMERIC_ID.match(d.dir_name) is not None
+            return (d.in_trash, not numeric, int(d.dir_name) if numeric else 0, d.dir_name)
+
+        return sorted(found, key=order)
+
+    def run_dirs(self, exp_dir: ExperimentDir) -> List[str]:
+        runs = []
+        for entry in sorted(os.scandir(exp_dir.path), key=lambda e: e.name):
+            if entry.name == "meta.yaml":
+                continue
+            if entry.name in EXPERIMENT_RESERVED and entry.is_dir():
+                if entry.name != "tags":
+                    self.not_migrated.setdefault(entry.name, []).append(entry.path)
+                continue
+            if is_junk(entry.name) or not entry.is_dir():
+                self.ignored.append(entry.path)
+                continue
+            if not os.path.exists(os.path.join(entry.path, "meta.yaml")):
+                # Not a run: MLflow never creates a run folder without meta.yaml.
+                self.ignored.append(entry.path)
+                continue
+            runs.append(entry.path)
+        return runs
+
+    def count_runs(self) -> int:
+        """A cheap first pass for the progress bar's total (no file is parsed)."""
+        return sum(len(self.run_dirs(d)) for d in self.experiment_dirs())
+
+    # -- the walk ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Entity]:
+        self.ignored.clear()
+        self.not_migrated.clear()
+        if os.path.isdir(os.path.join(self.root, REGISTRY)):
+            self.not_migrated.setdefault("registry", []).append(os.path.join(self.root, REGISTRY))
+        seen_ids: Set[str] = set()
+        for exp_dir in self.experiment_dirs():
+            try:
+                experiment = self.read_experiment(exp_dir, seen_ids)
+                self.check(experiment)
+            except InvalidSource as exc:
+                self._skip_or_raise(exc, "experiment", exp_dir.dir_name)
+                for run_path in self.run_dirs(exp_dir):
+                    self.skipped.append(
+                        Skipped("run", os.path.basename(run_path), run_path,
+                                f"its experiment {exp_dir.dir_name} was skipped")
+                    )
+                continue
+            seen_ids.add(exp_dir.dir_name)
+            yield experiment
+            for run_path in self.run_dirs(exp_dir):
+                try:
+                    run = self.read_run(experiment, run_path)
+                    self.check(run)
+                except InvalidSource as exc:
+                    self._skip_or_raise(exc, "run", os.path.basename(run_path))
+                    continue
+                self._run_ids[run.run_uuid] = run.path
+                self.duplicate_metric_lines += run.duplicate_metric_lines
+                if run.status == "RUNNING":
+                    self.running_runs += 1
+                yield run
+
+    def _skip_or_raise(self, exc: InvalidSource, kind: str, entity_id: str) -> None:
+        if not self.skip_invalid:
+            raise exc
+        self.skipped.append(
+            Skipped(exc.kind or kind, exc.entity_id or entity_id, exc.path or "", exc.what)
+        )
+
+    # -- experiments -------------------------------------------------------------------------
+    def read_experiment(self, exp_dir: ExperimentDir, seen_ids: Set[str]) -> Experiment:
+        eid = exp_dir.dir_name
+        meta_path = os.path.join(exp_dir.path, "meta.yaml")
+        if not _NUMERIC_ID.match(eid):
+            raise InvalidSource(
+                f"experiment folder name '{eid}' is not a number; MLflow's SQL schema stores "
+                "experiment IDs as integers, so it cannot keep this ID.",
+                path=exp_dir.path, kind="experiment", entity_id=eid,
+                hint="Rename the folder (and the experiment_id in its meta.yaml) to an unused "
+                "number, or run again with --skip-invalid.",
+            )
+        if eid in seen_ids:
+            raise InvalidSource(
+                f"experiment {eid} exists both in {self.root} and in its .trash folder; MLflow "
+                "cannot tell which one is real.",
+                path=exp_dir.path, kind="experiment", entity_id=eid,
+                hint="Remove or move away the copy you do not want, or run again with "
+                "--skip-invalid to keep the active one.",
+            )
+        meta = read_yaml_mapping(meta_path, "experiment", eid)
+        file_id = meta.get("experiment_id")
+        if file_id is None or str(file_id) != eid:
+            raise InvalidSource(
+                f"says experiment_id {file_id!r} but lies in folder '{eid}'.",
+                path=meta_path, kind="experiment", entity_id=eid,
+            )
+        name = field_str(meta, "name", meta_path, "experiment", eid)
+        if not name:
+            raise InvalidSource("has no experiment name.", path=meta_path, kind="experiment",
+                                entity_id=eid)
+        other = self._experiment_names.get(name)
+        if other is not None:
+            raise InvalidSource(
+                f"has the name {name!r}, which experiment {other} has too; MLflow's database "
+                "requires unique experiment names.",
+                path=meta_path, kind="experiment", entity_id=eid,
+                hint="Rename one of them in its meta.yaml, or run again with --skip-invalid.",
+            )
+        self._experiment_names[name] = eid
+        tags = read_key_values(os.path.join(exp_dir.path, "tags"), "experiment", eid, self.ignored)
+        return Experiment(
+            experiment_id=int(eid),
+            name=name,
+            artifact_location=field_str(meta, "artifact_location", meta_path, "experiment", eid),
+            # The location decides: MLflow <= 2.2 moved deleted experiments to .trash without
+            # changing the file, and MLflow's SQL store would have recorded them as deleted.
+            lifecycle_stage="deleted" if exp_dir.in_trash else "active",
+            creation_time=field_int(meta, "creation_time", meta_path, "experiment", eid),
+            last_update_time=field_int(meta, "last_update_time", meta_path, "experiment", eid),
+            tags=tags,
+            path=exp_dir.path,
+        )
+
+    # -- runs --------------------------------------------------------------------------------
+    def read_run(self, experiment: Experiment, run_path: str) -> Run:
+        rid = os.path.basename(run_path)
+        meta_path = os.path.join(run_path, "meta.yaml")
+        meta = read_yaml_mapping(meta_path, "run", rid)
+
+        def bad(what: str) -> InvalidSource:
+            return InvalidSource(what, path=meta_path, kind="run", entity_id=rid)
+
+        file_id = meta.get("run_id") or meta.get("run_uuid")
+        if file_id is None or str(file_id) != rid:
+            raise bad(f"says run_id {file_id!r} but lies in folder '{rid}'.")
+        if str(meta.get("experiment_id")) != str(experiment.experiment_id):
+            raise bad(
+                f"says experiment_id {meta.get('experiment_id')!r} but lies in experiment "
+                f"folder {experiment.experiment_id}."
+            )
+        other = self._run_ids.get(rid)
+        if other is not None:
+            raise bad(f"run {rid} also exists in {other}; a run ID must be unique.")
+        status = _enum(meta, "status", RUN_STATUS, "RUNNING", bad)
+        source_type = _enum(meta, "source_type", SOURCE_TYPE, "UNKNOWN", bad)
+        lifecycle = meta.get("lifecycle_stage") or "active"
+        if lifecycle not in LIFECYCLE:
+            raise bad(f"field 'lifecycle_stage' is {lifecycle!r}; MLflow knows active and deleted.")
+        ignored = self.ignored
+        params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
+        tags = read_key_values(os.path.join(run_path, "tags"), "run", rid, ignored)
+        metrics, latest, duplicates = _read_metrics(os.path.join(run_path, "metrics"), rid, ignored)
+        name = field_str(meta, "run_name", meta_path, "run", rid)
+        if not name:
+            # Before 2.0 the name lived only in the tag; both stores fall back to it.
+            name = dict(tags).get("mlflow.runName") or name
+        return Run(
+            run_uuid=rid,
+            experiment_id=experiment.experiment_id,
+            name=name,
+            source_type=source_type,
+            source_name=field_str(meta, "source_name", meta_path, "run", rid),
+            entry_point_name=field_str(meta, "entry_point_name", meta_path, "run", rid),
+            user_id=field_str(meta, "user_id", meta_path, "run", rid),
+            status=status,
+            start_time=field_int(meta, "start_time", meta_path, "run", rid),
+            end_time=field_int(meta, "end_time", meta_path, "run", rid),
+            source_version=field_str(meta, "source_version", meta_path, "run", rid),
+            lifecycle_stage=lifecycle,
+            artifact_uri=field_str(meta, "artifact_uri", meta_path, "run", rid),
+            deleted_time=field_int(meta, "deleted_time", meta_path, "run", rid),
+            params=params,
+            tags=tags,
+            metrics=metrics,
+            latest_metrics=latest,
+            path=run_path,
+            duplicate_metric_lines=duplicates,
+        )
+
+
+def _enum(meta, key, names, default, bad) -> str:
+    value = meta.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value in names:
+        return names[value]
+    if isinstance(value, str) and value in names.values():
+        return value
+    raise bad(f"field '{key}' has the unknown value {value!r}; MLflow writes one of "
+              f"{sorted(names)} ({', '.join(sorted(set(names.values())))}).")
+
+
+def _read_metrics(folder: str, rid: str, ignored: List[str]):
+    metrics = []
+    latest = []
+    duplicates = 0
+    for key, path in sorted(walk_key_files(folder, ignored)):
+        points, last, dups = parse_metric_lines(read_bytes(path, "run", rid), key, path, rid)
+        metrics.extend(points)
+        latest.append(last)
+        duplicates += dups
+    return tuple(metrics), tuple(latest), duplicates

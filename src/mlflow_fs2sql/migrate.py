@@ -14,7 +14,8 @@ from .errors import VerificationFailed
 from .model import Run
 from .progress import NULL_PROGRESS, Progress
 from .report import Report
-from .rows import TABLE_ORDER, rows_for
+from . import kinds  # noqa: F401  (registers every entity kind)
+from .rows import rows_for, table_order
 from .targets import open_target
 from .walk import Walk, locate_store
 from .write import DEFAULT_BATCH_ROWS, Writer
@@ -133,7 +134,7 @@ def _record_walk(report: Report, walk: Walk) -> None:
 
 
 def _record_verify(report: Report, verifier) -> None:
-    report.verified = {t: verifier.verified.get(t, 0) for t in TABLE_ORDER}
+    report.verified = {t: verifier.verified.get(t, 0) for t in table_order()}
     report.mismatches = list(verifier.mismatches)
     report.mismatch_count = verifier.mismatch_count
 

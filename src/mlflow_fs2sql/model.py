@@ -50,6 +50,9 @@ class Run:
     latest_metrics: Tuple[MetricPoint, ...]  # one per key, chosen as MLflow's SQL store does
     path: str
     duplicate_metric_lines: int = 0
+    # Entities stored inside the run folder (dataset inputs, model links): written and
+    # skipped together with the run.
+    attached: Tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)

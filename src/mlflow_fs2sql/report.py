@@ -16,16 +16,14 @@ from .progress import Progress
 
 JSON_SCHEMA_VERSION = 1
 
-# Report rows: (label, table). Order = the order rows are written.
-KINDS = (
-    ("Experiments", "experiments"),
-    ("Experiment tags", "experiment_tags"),
-    ("Runs", "runs"),
-    ("Params", "params"),
-    ("Run tags", "tags"),
-    ("Metric points", "metrics"),
-    ("Latest metrics", "latest_metrics"),
-)
+
+
+def kinds():
+    """Report rows: (label, table), in the order rows are written."""
+    from .rows import SPECS
+
+    return [(spec.label, name) for name, spec in SPECS.items()]
+
 
 MAX_MISMATCHES_SHOWN = 20
 
@@ -86,7 +84,7 @@ class Report:
                     "written": None if self.written is None else self.written.get(table, 0),
                     "verified": None if self.verified is None else self.verified.get(table, 0),
                 }
-                for label, table in KINDS
+                for label, table in kinds()
             ],
             "mismatch_count": self.mismatch_count,
             "mismatches": self.mismatches,
@@ -120,7 +118,7 @@ def render(report: Report, console) -> None:
         table.add_column("Written", justify="right")
     if report.verified is not None:
         table.add_column("Verified", justify="right")
-    for label, key in KINDS:
+    for label, key in kinds():
         row = [label, f"{report.found.get(key, 0):,}"]
         if report.written is not None:
             row.append(f"{report.written.get(key, 0):,}")
@@ -138,22 +136,22 @@ def render(report: Report, console) -> None:
         console.print(f"Schema: Alembic revision {report.revision}{made_by}")
     console.print(f"Elapsed: {report.elapsed_s:.2f} s{rate}")
     for note in report.notes:
-        console.print(f"Note: {note}", markup=False)
+        console.print(f"Note: {note}", markup=False, soft_wrap=True)
     for kind, paths in sorted(report.not_migrated.items()):
-        console.print(f"Not migrated ({kind}): {len(paths)}, e.g. {paths[0]}", markup=False)
+        console.print(f"Not migrated ({kind}): {len(paths)}, e.g. {paths[0]}", markup=False, soft_wrap=True)
     if report.ignored:
         console.print(f"Ignored (not MLflow data): {len(report.ignored)}, e.g. "
-                      f"{report.ignored[0]}", markup=False)
+                      f"{report.ignored[0]}", markup=False, soft_wrap=True)
     for skipped in report.skipped:
         console.print(f"SKIPPED {skipped.kind} {skipped.entity_id}: {skipped.path}: "
-                      f"{skipped.reason}", markup=False)
+                      f"{skipped.reason}", markup=False, soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"Warning: {warning}", markup=False, style="yellow")
+        console.print(f"Warning: {warning}", markup=False, style="yellow", soft_wrap=True)
     for line in report.mismatches[:MAX_MISMATCHES_SHOWN]:
-        console.print(line, markup=False, style="red")
+        console.print(line, markup=False, style="red", soft_wrap=True)
     if report.mismatch_count > MAX_MISMATCHES_SHOWN:
         console.print(f"... and {report.mismatch_count - MAX_MISMATCHES_SHOWN} more differences "
-                      "(all of them are in --json).", markup=False)
+                      "(all of them are in --json).", markup=False, soft_wrap=True)
     if report.command == "verify" or report.verified is not None:
         verdict = ("Verified: the database holds exactly what the store holds." if report.ok else
                    f"Verification FAILED: {report.mismatch_count} differences.")

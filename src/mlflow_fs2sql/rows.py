@@ -10,7 +10,7 @@ silently and PostgreSQL/MySQL would reject it half-way, so fs2sql refuses it up 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import InvalidSource
 from .model import Experiment, Run
@@ -18,54 +18,63 @@ from .model import Experiment, Run
 
 @dataclass(frozen=True)
 class TableSpec:
+    """One target table as fs2sql fills it.
+
+    ``owner``: the column(s) tying a row to its entity; ``verify`` reads a run's rows of the large
+    per-run tables (``per_entity``) with it, and compares every other table whole, keyed by ``pk``.
+    """
+
     name: str
+    label: str  # the report's "kind" row
     columns: Tuple[str, ...]
     pk: Tuple[str, ...]
     constants: Tuple[Tuple[str, object], ...] = ()
+    owner: Tuple[str, ...] = ()
+    per_entity: bool = False
 
 
 _WORKSPACE = (("workspace", "default"),)
 _METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 
-SPECS: Dict[str, TableSpec] = {
-    s.name: s
-    for s in (
-        TableSpec(
-            "experiments",
-            ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time",
-             "last_update_time"),
-            ("experiment_id",),
-            _WORKSPACE,
-        ),
-        TableSpec("experiment_tags", ("key", "value", "experiment_id"), ("experiment_id", "key")),
-        TableSpec(
-            "runs",
-            ("run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id",
-             "status", "start_time", "end_time", "deleted_time", "source_version",
-             "lifecycle_stage", "artifact_uri", "experiment_id"),
-            ("run_uuid",),
-        ),
-        TableSpec("params", ("key", "value", "run_uuid"), ("run_uuid", "key")),
-        TableSpec("tags", ("key", "value", "run_uuid"), ("run_uuid", "key")),
-        TableSpec("metrics", _METRIC_COLUMNS, ("run_uuid", "key", "timestamp", "step", "value",
-                                              "is_nan")),
-        TableSpec("latest_metrics", _METRIC_COLUMNS, ("run_uuid", "key")),
-    )
-}
+# Every table fs2sql writes, parents before children (foreign keys hold at every flush).
+SPECS: Dict[str, TableSpec] = {}
+# Entity type -> function returning its rows per table.
+_BUILDERS: Dict[type, Callable[[object], "Rows"]] = {}
 
-# Parents before children, so foreign keys hold at every flush.
-TABLE_ORDER: Tuple[str, ...] = tuple(SPECS)
+
+def register_tables(*specs: TableSpec, after: Optional[str] = None) -> None:
+    """Add tables of an entity kind (``kinds/*.py``); ``after`` keeps parent-first order."""
+    global SPECS
+    items = list(SPECS.items())
+    at = len(items) if after is None else [k for k, _ in items].index(after) + 1
+    items[at:at] = [(sp.name, sp) for sp in specs]
+    SPECS.clear()
+    SPECS.update(items)
+
+
+def register_builder(entity_type: type, builder: Callable[[object], "Rows"]) -> None:
+    _BUILDERS[entity_type] = builder
+
+
+def table_order() -> Tuple[str, ...]:
+    return tuple(SPECS)
+
 
 Rows = Dict[str, Sequence[tuple]]
 
 
 def rows_for(entity) -> Rows:
-    """Every row an entity becomes, per table, in ``TableSpec.columns`` order."""
-    if isinstance(entity, Run):
-        return _run_rows(entity)
-    if isinstance(entity, Experiment):
-        return _experiment_rows(entity)
-    raise TypeError(f"no rows for {type(entity).__name__}")
+    """Every row an entity becomes, per table, in ``TableSpec.columns`` order (with the rows of
+    entities attached to it, such as a run's inputs)."""
+    try:
+        builder = _BUILDERS[type(entity)]
+    except KeyError:
+        raise TypeError(f"no rows for {type(entity).__name__}") from None
+    rows = builder(entity)
+    for sub in getattr(entity, "attached", ()):
+        for table, sub_rows in rows_for(sub).items():
+            rows[table] = list(rows.get(table, ())) + list(sub_rows)
+    return rows
 
 
 def _experiment_rows(e: Experiment) -> Rows:
@@ -89,6 +98,32 @@ def _run_rows(r: Run) -> Rows:
     }
 
 
+register_tables(
+    TableSpec("experiments", "Experiments",
+              ("experiment_id", "name", "artifact_location", "lifecycle_stage", "creation_time",
+               "last_update_time"),
+              ("experiment_id",), _WORKSPACE, owner=("experiment_id",), per_entity=True),
+    TableSpec("experiment_tags", "Experiment tags", ("key", "value", "experiment_id"),
+              ("experiment_id", "key"), owner=("experiment_id",), per_entity=True),
+    TableSpec("runs", "Runs",
+              ("run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id",
+               "status", "start_time", "end_time", "deleted_time", "source_version",
+               "lifecycle_stage", "artifact_uri", "experiment_id"),
+              ("run_uuid",), owner=("run_uuid",), per_entity=True),
+    TableSpec("params", "Params", ("key", "value", "run_uuid"), ("run_uuid", "key"),
+              owner=("run_uuid",), per_entity=True),
+    TableSpec("tags", "Run tags", ("key", "value", "run_uuid"), ("run_uuid", "key"),
+              owner=("run_uuid",), per_entity=True),
+    TableSpec("metrics", "Metric points", _METRIC_COLUMNS,
+              ("run_uuid", "key", "timestamp", "step", "value", "is_nan"),
+              owner=("run_uuid",), per_entity=True),
+    TableSpec("latest_metrics", "Latest metrics", _METRIC_COLUMNS, ("run_uuid", "key"),
+              owner=("run_uuid",), per_entity=True),
+)
+register_builder(Experiment, _experiment_rows)
+register_builder(Run, _run_rows)
+
+
 class TargetColumns:
     """What the target schema has: column names and string sizes per table."""
 
@@ -110,8 +145,7 @@ class TargetColumns:
 
     def check(self, entity) -> None:
         """Raise ``InvalidSource`` if a value does not fit its column (never cut silently)."""
-        kind = "run" if isinstance(entity, Run) else "experiment"
-        entity_id = entity.run_uuid if isinstance(entity, Run) else str(entity.experiment_id)
+        kind, entity_id = entity_identity(entity)
         for table, rows in rows_for(entity).items():
             if table == "metrics":
                 continue  # same strings as latest_metrics, checked there once per key
@@ -120,7 +154,7 @@ class TargetColumns:
                     raise InvalidSource(
                         f"has {len(rows)} {table} rows, but the chosen MLflow schema has no "
                         f"'{table}' table.", path=entity.path, kind=kind, entity_id=entity_id,
-                        hint="Choose a newer --mlflow-version.")
+                        hint="Choose a newer --mlflow-version, or run again with --skip-invalid.")
                 continue
             self._check_rows(self.columns[table], SPECS[table], rows, entity, kind, entity_id)
 
@@ -145,3 +179,12 @@ def _describe(table: str, row: tuple) -> str:
     if table in ("params", "tags", "experiment_tags", "latest_metrics"):
         return f"{table.rstrip('s').replace('_', ' ')} '{row[0][:80]}'"
     return f"{table} row"
+
+
+def entity_identity(entity) -> Tuple[str, str]:
+    """(kind, id) of an entity, for messages and the skip list."""
+    if isinstance(entity, Run):
+        return "run", entity.run_uuid
+    if isinstance(entity, Experiment):
+        return "experiment", str(entity.experiment_id)
+    return getattr(entity, "KIND", type(entity).__name__.lower()), str(entity.identity)

@@ -1,9 +1,10 @@
 """Re-read the source and compare it with the database, field by field.
 
-For each entity of a fresh walk, its expected rows (``rows.rows_for``, the writer's own mapping)
-are compared with the rows the database returns for that entity's key: missing rows, extra rows
-and differing fields all count. Then whole-table counts catch rows that belong to nothing in the
-source. Memory holds one entity's rows at a time.
+Expected rows come from a fresh walk through ``rows.rows_for`` (the writer's own mapping). The big
+per-run tables are compared entity by entity, reading that entity's rows by its owner key, so
+memory holds one run at a time; the other tables are compared whole, keyed by primary key. Missing
+rows, extra rows and differing fields all count; whole-table counts catch rows that belong to
+nothing in the source.
 """
 
 from __future__ import annotations
@@ -11,21 +12,11 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Tuple
 
-from .model import Experiment, Run
+from . import kinds  # noqa: F401  (registers every entity kind's tables)
 from .progress import NULL_PROGRESS, Progress
-from .rows import SPECS, TABLE_ORDER, TargetColumns, rows_for
+from .rows import SPECS, TargetColumns, entity_identity, rows_for, table_order
 from .walk import Walk
 
-# The column that ties each table's rows to their entity.
-OWNER_COLUMN = {
-    "experiments": "experiment_id",
-    "experiment_tags": "experiment_id",
-    "runs": "run_uuid",
-    "params": "run_uuid",
-    "tags": "run_uuid",
-    "metrics": "run_uuid",
-    "latest_metrics": "run_uuid",
-}
 # How a child row is named in a message: the label and which columns identify it.
 ROW_LABEL = {
     "experiment_tags": ("tag", ("key",)),
@@ -34,76 +25,96 @@ ROW_LABEL = {
     "metrics": ("metric", ("key", "step", "timestamp", "value")),
     "latest_metrics": ("latest metric", ("key",)),
 }
+# MLflow's server adds experiment 0 "Default" when it first opens a database without it.
+_SERVER_DEFAULT = ("experiments", (0,))
 
 
 class Verifier:
     def __init__(self, conn, columns: TargetColumns, max_messages: int = 1000):
-        from sqlalchemy import MetaData, Table, bindparam, select
+        from sqlalchemy import MetaData, Table, and_, bindparam, select
 
         self.conn = conn
         self.max_messages = max_messages
         self.mismatches: List[str] = []
         self.mismatch_count = 0
-        self.verified: Dict[str, int] = {t: 0 for t in TABLE_ORDER}
-        self.expected_total: Dict[str, int] = {t: 0 for t in TABLE_ORDER}
+        self.verified: Dict[str, int] = {t: 0 for t in table_order()}
+        self.expected_total: Dict[str, int] = {t: 0 for t in table_order()}
+        self._accounted: Dict[str, int] = {t: 0 for t in table_order()}  # extra - missing seen
+        self._whole: Dict[str, Dict[tuple, tuple]] = {}
+        self._owners: Dict[str, set] = {}
         self._plans = {}
         meta = MetaData()
-        for table in TABLE_ORDER:
+        for table in table_order():
             if not columns.has_table(table):
                 continue
             spec = SPECS[table]
             names, projection, _ = columns.insert_columns(spec)
             names = [c for c in names if c in spec.columns]
             t = Table(table, meta, autoload_with=conn)
-            stmt = select(*[t.c[c] for c in names]).where(
-                t.c[OWNER_COLUMN[table]] == bindparam("owner"))
+            cols = [t.c[c] for c in names]
+            if spec.per_entity:
+                stmt = select(*cols).where(
+                    and_(*[t.c[o] == bindparam(o) for o in spec.owner]))
+            else:
+                stmt = select(*cols)
+                self._whole[table] = {}
             pk_idx = [names.index(c) for c in spec.pk if c in names]
             self._plans[table] = (stmt, projection, pk_idx, names, t)
 
+    def _key(self, table, row):
+        return tuple(row[i] for i in self._plans[table][2])
+
     # -- per entity --------------------------------------------------------------------------
     def check_entity(self, entity) -> None:
-        if isinstance(entity, Run):
-            owner, label = entity.run_uuid, f"Run {entity.run_uuid}"
-        elif isinstance(entity, Experiment):
-            owner, label = entity.experiment_id, f"Experiment {entity.experiment_id}"
-        else:  # pragma: no cover
-            raise TypeError(type(entity).__name__)
+        kind, entity_id = entity_identity(entity)
+        label = f"{kind.capitalize()} {entity_id}"
         for table, rows in rows_for(entity).items():
             plan = self._plans.get(table)
             if plan is None:
                 continue
             stmt, projection, pk_idx, names, _ = plan
             expected = [_normal(_project(r, projection)) for r in rows]
-            actual = [_normal(tuple(r)) for r in self.conn.execute(stmt, {"owner": owner})]
             self.expected_total[table] += len(expected)
-            self._compare(table, label, names, pk_idx, expected, actual)
+            spec = SPECS[table]
+            if not spec.per_entity:
+                bucket = self._whole[table]
+                for row in expected:
+                    bucket[self._key(table, row)] = row
+                continue
+            # Rows are read by the entity's own key, so rows the source lacks show up too.
+            owner = {o: getattr(entity, o) for o in spec.owner}
+            self._owners.setdefault(table, set()).add(tuple(owner.values()))
+            actual = [_normal(tuple(r)) for r in self.conn.execute(stmt, owner)]
+            self._compare(table, label, names, expected, actual)
 
-    def _compare(self, table, label, names, pk_idx, expected, actual) -> None:
-        if expected == actual or sorted(expected, key=_sort_key) == sorted(actual, key=_sort_key):
+    def _compare(self, table, label, names, expected, actual) -> None:
+        if sorted(expected, key=_sort_key) == sorted(actual, key=_sort_key):
             self.verified[table] += len(expected)
             return
-        def key(row):
-            return tuple(row[i] for i in pk_idx)
+        want = {self._key(table, r): r for r in expected}
+        have = {self._key(table, r): r for r in actual}
+        self._diff(table, lambda row: (label, _row_name(table, names, row)), names, want, have)
 
-        want = {key(r): r for r in expected}
-        have = {key(r): r for r in actual}
+    def _diff(self, table, describe, names, want, have) -> None:
         good = 0
         for k, row in want.items():
             got = have.get(k)
+            head, sub = describe(row)
             if got is None:
-                self._fail(f"{label} — {_row_name(table, names, row)}: missing in target")
+                self._accounted[table] -= 1
+                self._fail(f"{head} — {sub or 'row'}: missing in target")
                 continue
             diffs = [i for i in range(len(names)) if not _same(row[i], got[i])]
             if not diffs:
                 good += 1
             for i in diffs:
-                what = _row_name(table, names, row)
-                self._fail(f"{label} — {what + ', ' if what else ''}field '{names[i]}': "
+                self._fail(f"{head} — {sub + ', ' if sub else ''}field '{names[i]}': "
                            f"source={row[i]!r}, target={got[i]!r}")
         for k, row in have.items():
             if k not in want:
-                self._fail(f"{label} — {_row_name(table, names, row)}: in target but not in "
-                           "source")
+                self._accounted[table] += 1
+                head, sub = describe(row)
+                self._fail(f"{head} — {sub or 'row'}: in target but not in source")
         self.verified[table] += good
 
     def _fail(self, message: str) -> None:
@@ -112,43 +123,51 @@ class Verifier:
             self.mismatches.append("FAILED: " + message)
 
     # -- whole tables ------------------------------------------------------------------------
-    def check_totals(self, experiment_ids, run_ids, source_has_default: bool) -> None:
+    def finish(self, source_has_default: bool) -> None:
         from sqlalchemy import func, select
 
-        for table, (_, _, _, _, t) in self._plans.items():
+        for table, (stmt, _, pk_idx, names, t) in self._plans.items():
+            spec = SPECS[table]
+            if not spec.per_entity:
+                have = {}
+                for r in self.conn.execute(stmt):
+                    row = _normal(tuple(r))
+                    have[self._key(table, row)] = row
+                label = spec.label.rstrip("s")
+                self._diff(table, lambda row, _l=label, _t=table: (f"{_l} {self._key(_t, row)}",
+                                                                    ""),
+                           names, self._whole[table], have)
+                continue
             n = self.conn.execute(select(func.count()).select_from(t)).scalar()
-            extra = n - self.expected_total[table]
+            extra = n - self.expected_total[table] - self._accounted[table]
             if extra <= 0:
                 continue
-            owner = OWNER_COLUMN[table]
-            known = experiment_ids if owner == "experiment_id" else run_ids
-            strays = [
-                v for (v,) in self.conn.execute(select(t.c[owner]).distinct()) if v not in known
-            ]
-            if table == "experiments" and not source_has_default and 0 in strays:
-                # MLflow's server adds experiment 0 "Default" when it first opens a database.
-                strays.remove(0)
+            owner_cols = [t.c[o] for o in spec.owner]
+            known = self._owners.get(table, set())
+            strays = [tuple(r) for r in self.conn.execute(select(*owner_cols).distinct())
+                      if tuple(r) not in known]
+            if (table, (0,)) == _SERVER_DEFAULT and not source_has_default and (0,) in strays:
+                strays.remove((0,))
                 extra -= 1
-            if extra <= 0:
-                continue
-            kind = "experiment" if owner == "experiment_id" else "run"
-            shown = ", ".join(str(s) for s in strays[:5])
-            self._fail(f"table {table} has {extra} rows that are not in the source"
-                       + (f" (for {kind} {shown})" if shown else ""))
+            if extra > 0:
+                shown = ", ".join(str(s[0] if len(s) == 1 else s) for s in strays[:5])
+                self._fail(f"table {table} has {extra} rows that are not in the source"
+                           + (f" (for {'/'.join(spec.owner)} {shown})" if shown else ""))
 
 
 def verify_walk(walk: Walk, conn, columns: TargetColumns,
                 progress: Progress = NULL_PROGRESS) -> Verifier:
+    from .model import Experiment, Run
+
     verifier = Verifier(conn, columns)
-    experiment_ids, run_ids = set(), set()
+    source_has_default = False
     for entity in walk:
         verifier.check_entity(entity)
         if isinstance(entity, Run):
-            run_ids.add(entity.run_uuid)
             progress.advance()
-        else:
-            experiment_ids.add(entity.experiment_id)
-    verifier.check_totals(experiment_ids, run_ids, source_has_default=0 in experiment_ids)
+        elif isinstance(entity, Experiment) and entity.experiment_id == 0:
+            source_has_default = True
+    verifier.finish(source_has_default)
     return verifier
 
 
@@ -161,11 +180,11 @@ def _normal(row: tuple) -> tuple:
 
 
 def _sort_key(row: tuple) -> Tuple:
-    return tuple((v is None, str(type(v)), v if v is not None else 0) for v in row)
+    return tuple((v is None, type(v).__name__, v if v is not None else 0) for v in row)
 
 
 def _same(a, b) -> bool:
-    """Exact: same type and value (a float that came back as text is a difference); NaN = NaN."""
+    """Exact: same type and value (a number that came back as text is a difference); NaN = NaN."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b

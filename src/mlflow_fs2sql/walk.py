@@ -36,7 +36,15 @@ SOURCE_TYPE = {1: "NOTEBOOK", 2: "JOB", 3: "PROJECT", 4: "LOCAL", 5: "UNKNOWN", 
 LIFECYCLE = ("active", "deleted")
 _NUMERIC_ID = re.compile(r"^[0-9]+$")
 
-Entity = Union[Experiment, Run]
+Entity = Union[Experiment, Run, object]
+
+# Entity kinds beyond experiments and runs plug in here (``kinds/*.py``):
+# experiment sub-folder name -> fn(walk, experiment, folder) yielding entities;
+EXPERIMENT_WALKERS: Dict[str, Callable] = {}
+# store sub-folder name (e.g. the registry's "models") -> fn(walk, folder) yielding entities;
+STORE_WALKERS: Dict[str, Callable] = {}
+# fn(walk, run_dir, run_id, experiment) -> tuple of entities attached to the run (inputs, ...).
+RUN_READERS: List[Callable] = []
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,7 @@ class Walk:
             if entry.name == "meta.yaml":
                 continue
             if entry.name in EXPERIMENT_RESERVED and entry.is_dir():
-                if entry.name != "tags":
+                if entry.name != "tags" and entry.name not in EXPERIMENT_WALKERS:
                     self.not_migrated.setdefault(entry.name, []).append(entry.path)
                 continue
             if is_junk(entry.name) or not entry.is_dir():
@@ -153,8 +161,6 @@ class Walk:
     def __iter__(self) -> Iterator[Entity]:
         self.ignored.clear()
         self.not_migrated.clear()
-        if os.path.isdir(os.path.join(self.root, REGISTRY)):
-            self.not_migrated.setdefault("registry", []).append(os.path.join(self.root, REGISTRY))
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
             try:
@@ -182,6 +188,32 @@ class Walk:
                 if run.status == "RUNNING":
                     self.running_runs += 1
                 yield run
+            for sub, walker in EXPERIMENT_WALKERS.items():
+                folder = os.path.join(exp_dir.path, sub)
+                if os.path.isdir(folder):
+                    yield from self._checked(walker(self, experiment, folder))
+        for sub in (REGISTRY,):
+            folder = os.path.join(self.root, sub)
+            if not os.path.isdir(folder):
+                continue
+            walker = STORE_WALKERS.get(sub)
+            if walker is None:
+                self.not_migrated.setdefault("registry", []).append(folder)
+            else:
+                yield from self._checked(walker(self, folder))
+
+    def _checked(self, entities) -> Iterator[Entity]:
+        """Entities of a plug-in walker, checked against the target; invalid ones skipped or
+        raised. A walker signals an unreadable entity by yielding its ``InvalidSource``."""
+        for entity in entities:
+            try:
+                if isinstance(entity, InvalidSource):
+                    raise entity
+                self.check(entity)
+            except InvalidSource as exc:
+                self._skip_or_raise(exc, exc.kind, exc.entity_id)
+                continue
+            yield entity
 
     def _skip_or_raise(self, exc: InvalidSource, kind: str, entity_id: str) -> None:
         if not self.skip_invalid:
@@ -273,6 +305,7 @@ class Walk:
         params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
         tags = read_key_values(os.path.join(run_path, "tags"), "run", rid, ignored)
         metrics, latest, duplicates = _read_metrics(os.path.join(run_path, "metrics"), rid, ignored)
+        attached = tuple(a for reader in RUN_READERS for a in reader(self, run_path, rid, experiment))
         name = field_str(meta, "run_name", meta_path, "run", rid)
         if not name:
             # Before 2.0 the name lived only in the tag; both stores fall back to it.
@@ -298,6 +331,7 @@ class Walk:
             latest_metrics=latest,
             path=run_path,
             duplicate_metric_lines=duplicates,
+            attached=attached,
         )
 
 

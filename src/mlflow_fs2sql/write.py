@@ -1,6 +1,6 @@
 """The sink: entity rows, buffered per table and inserted in batches by the target.
 
-Buffers are flushed together, parents first (``rows.TABLE_ORDER``), so every foreign key already
+Buffers are flushed together, parents first (``rows.table_order()``), so every foreign key already
 has its parent row when a child batch goes in.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Dict, List
 
-from .rows import SPECS, TABLE_ORDER, Rows, TargetColumns
+from .rows import SPECS, Rows, TargetColumns, table_order
 from .targets.base import Target
 
 DEFAULT_BATCH_ROWS = 50_000
@@ -19,11 +19,11 @@ class Writer:
     def __init__(self, target: Target, columns: TargetColumns, batch_rows: int = DEFAULT_BATCH_ROWS):
         self.target = target
         self.batch_rows = batch_rows
-        self.written: Dict[str, int] = {t: 0 for t in TABLE_ORDER}
-        self._buffers: Dict[str, List[tuple]] = {t: [] for t in TABLE_ORDER}
+        self.written: Dict[str, int] = {t: 0 for t in table_order()}
+        self._buffers: Dict[str, List[tuple]] = {t: [] for t in table_order()}
         self._pending = 0
         self._plans = {}
-        for table in TABLE_ORDER:
+        for table in table_order():
             if columns.has_table(table):
                 self._plans[table] = self._plan(table, columns)
 
@@ -53,7 +53,7 @@ class Writer:
             self.flush()
 
     def flush(self) -> None:
-        for table in TABLE_ORDER:
+        for table in table_order():
             buffer = self._buffers[table]
             if buffer:
                 self.target.insert_many(table, self._plans[table][0], buffer)

@@ -56,6 +56,19 @@ def register_builder(entity_type: type, builder: Callable[[object], "Rows"]) -> 
     _BUILDERS[entity_type] = builder
 
 
+# The schema the current migration/verify writes to: builders whose rows depend on the revision
+# (e.g. trace columns added in 3.17) ask ``target_has``. Set by ``TargetColumns.activate``.
+_ACTIVE: Optional["TargetColumns"] = None
+
+
+def target_has(table: str, column: Optional[str] = None) -> bool:
+    """Does the active target schema have this table (and column)? True when none is active."""
+    if _ACTIVE is None:
+        return True
+    cols = _ACTIVE.columns.get(table)
+    return cols is not None and (column is None or column in cols)
+
+
 def table_order() -> Tuple[str, ...]:
     return tuple(SPECS)
 
@@ -130,6 +143,12 @@ class TargetColumns:
     def __init__(self, columns: Dict[str, Dict[str, Optional[int]]]):
         # table -> {column: max length or None}
         self.columns = columns
+
+    def activate(self) -> "TargetColumns":
+        """Make this the schema ``target_has`` answers for (see there)."""
+        global _ACTIVE
+        _ACTIVE = self
+        return self
 
     def has_table(self, table: str) -> bool:
         return table in self.columns

@@ -160,4 +160,4 @@ def read_target_columns(conn):
                         else None)
             for c in insp.get_columns(table)
         }
-    return TargetColumns(cols)
+    return TargetColumns(cols).activate()

@@ -1,0 +1,1 @@
+"""datasets: not migrated yet (issue 3)."""

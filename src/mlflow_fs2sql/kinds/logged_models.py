@@ -1,0 +1,1 @@
+"""logged_models: not migrated yet (issue 3)."""

@@ -1,0 +1,1 @@
+"""registry: not migrated yet (issue 3)."""

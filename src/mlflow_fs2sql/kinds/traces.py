@@ -1,0 +1,1 @@
+"""traces: not migrated yet (issue 3)."""

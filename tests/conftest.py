@@ -1,0 +1,107 @@
+"""Shared test helpers: tiny literal stores, the CLI runner, and real fixture stores."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # fixtures_gen lives beside the package, not inside it
+    sys.path.insert(0, str(REPO))
+
+
+def write_files(root: Path, files: dict) -> Path:
+    """Write {relative path: str | bytes} below root; returns root."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        path.write_bytes(content)
+    return root
+
+
+def run_meta(run_id: str, experiment_id: str, **fields) -> str:
+    """A run meta.yaml as MLflow 3.x writes it."""
+    import yaml
+
+    meta = {
+        "artifact_uri": f"file:///tmp/mlruns/{experiment_id}/{run_id}/artifacts",
+        "end_time": 1718000050000,
+        "entry_point_name": "",
+        "experiment_id": experiment_id,
+        "lifecycle_stage": "active",
+        "run_id": run_id,
+        "run_name": "run",
+        "source_name": "",
+        "source_type": 4,
+        "source_version": "",
+        "start_time": 1718000000500,
+        "status": 3,
+        "tags": [],
+        "user_id": "alice",
+    }
+    meta.update(fields)
+    return yaml.safe_dump(meta, default_flow_style=False, allow_unicode=True)
+
+
+def experiment_meta(experiment_id: str, name: str, **fields) -> str:
+    import yaml
+
+    meta = {
+        "artifact_location": f"file:///tmp/mlruns/{experiment_id}",
+        "creation_time": 1718000000123,
+        "experiment_id": experiment_id,
+        "last_update_time": 1718000000123,
+        "lifecycle_stage": "active",
+        "name": name,
+    }
+    meta.update(fields)
+    return yaml.safe_dump(meta, default_flow_style=False, allow_unicode=True)
+
+
+@pytest.fixture
+def tiny_store(tmp_path) -> Path:
+    """One experiment (0) with one finished run holding a param, a tag and a metric."""
+    rid = "a" * 32
+    return write_files(tmp_path / "mlruns", {
+        "0/meta.yaml": experiment_meta("0", "Default"),
+        f"0/{rid}/meta.yaml": run_meta(rid, "0"),
+        f"0/{rid}/params/lr": "0.1",
+        f"0/{rid}/tags/mlflow.runName": "run",
+        f"0/{rid}/metrics/loss": "1718000000100 0.5 0\n1718000000200 0.25 1\n",
+    })
+
+
+def tree_hash(root: Path) -> str:
+    """A hash of every path, mode and content below root (the source must never change)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + [""]:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            h.update(p.encode() + str(st.st_mode).encode())
+            if name and not os.path.islink(p):
+                with open(p, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path_factory):
+    """The schema cache is shared by the session (building it takes seconds), never the user's."""
+    cache = os.environ.get("FS2SQL_TEST_CACHE_DIR") or str(
+        tmp_path_factory.getbasetemp() / "fs2sql-cache")
+    monkeypatch.setenv("FS2SQL_CACHE_DIR", cache)
+
+
+def fixture_store(version: str, size: str) -> Path:
+    """A real FileStore written by MLflow ``version`` (built on first use by fixtures_gen)."""
+    from fixtures_gen.build import ensure_store
+
+    return Path(ensure_store(version, size))

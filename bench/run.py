@@ -1,0 +1,693 @@
+"""fs2sql benchmark: fs2sql vs. upstream ``mlflow migrate-filestore`` (3.17.2) vs. a floor.
+
+    python bench/run.py [--sizes 0.4M,1.6M] [--rounds 3] [--fs2sql CMD] [--skip NAME[,NAME]]
+                        [--json FILE] [--markdown FILE] ...
+
+Steps (details in bench/README.md):
+1. builds (once) a virtualenv with full ``mlflow==3.17.2`` in
+   ``${FS2SQL_CACHE:-~/.cache/fs2sql-dev}/venvs/bench-mlflow-3.17.2`` and an empty MLflow schema
+   (``bench-schema/mlflow-3.17.2.db``) for the floor;
+2. runs bench/check_generator.py in that venv (a small generated store read back through
+   MLflow's FileStore) unless ``--no-check``;
+3. generates (or reuses from ``bench-stores/<params>/mlruns``) one store per size;
+4. per size, ``--rounds`` rounds of fs2sql, upstream, floor (alternating), each into a fresh
+   output file, measuring wall time and peak RSS of the process tree;
+5. ``fs2sql --help`` / ``--version`` wall time (median of 5);
+6. prints a table, optionally writes JSON and Markdown.
+
+Only the standard library is needed here; generator, check and floor run in the bench venv.
+It is a benchmark, not a test: nothing is asserted about timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+MLFLOW_VERSION = "3.17.2"
+BENCH_DIR = Path(__file__).resolve().parent
+MARKER = ".fs2sql-bench-complete"
+TOOLS = ("fs2sql", "upstream", "floor")
+TOOL_ALIASES = {"a": "fs2sql", "b": "upstream", "c": "floor", "mlflow": "upstream"}
+TOOL_LABEL = {
+    "fs2sql": "fs2sql migrate",
+    "upstream": f"mlflow {MLFLOW_VERSION} migrate-filestore",
+    "floor": "floor (bench/floor.py)",
+}
+GNU_TIME = "/usr/bin/time"
+# Row counts compared with the generator's manifest after each tool's first run (not timed).
+COUNT_TABLES = ("experiments", "experiment_tags", "runs", "params", "tags", "metrics",
+                "latest_metrics", "registered_models", "registered_model_tags", "model_versions",
+                "model_version_tags", "registered_model_aliases")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache, venv, schema template
+# ---------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    env = os.environ.get("FS2SQL_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "fs2sql-dev"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def find_base_python(override: str | None) -> str:
+    if override:
+        return override
+    env = os.environ.get("FS2SQL_VENV_PYTHON")
+    if env:
+        return env
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv")))
+    cands = sorted(pyenv_root.glob("versions/3.11.*/bin/python"))
+    if cands:
+        return str(cands[-1])
+    for name in ("python3.11", "python3.12", "python3.10"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return sys.executable
+
+
+def ensure_bench_venv(base_python: str | None) -> Path:
+    """Full mlflow==3.17.2 venv at <cache>/venvs/bench-mlflow-3.17.2 (built in place under a lock;
+    a marker file written last says it is complete, a leftover without it is rebuilt)."""
+    venv = cache_root() / "venvs" / f"bench-mlflow-{MLFLOW_VERSION}"
+    py = venv / "bin" / "python"
+    if (venv / MARKER).exists():
+        return venv
+    with file_lock(venv.parent / f".bench-mlflow-{MLFLOW_VERSION}.lock"):
+        if (venv / MARKER).exists():
+            return venv
+        if venv.exists():
+            shutil.rmtree(venv)
+        base = find_base_python(base_python)
+        log(f"building {venv} (mlflow=={MLFLOW_VERSION}, base {base})")
+        env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
+        uv = shutil.which("uv")
+        try:
+            if uv:
+                subprocess.run([uv, "venv", "-q", "-p", base, str(venv)], check=True, env=env)
+                subprocess.run([uv, "pip", "install", "-q", "-p", str(py),
+                                f"mlflow=={MLFLOW_VERSION}"], check=True, env=env)
+            else:
+                subprocess.run([base, "-m", "venv", str(venv)], check=True)
+                subprocess.run([str(py), "-m", "pip", "install", "-q",
+                                f"mlflow=={MLFLOW_VERSION}"], check=True, env=env)
+        except BaseException:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise
+        (venv / MARKER).write_text(MLFLOW_VERSION + "\n")
+    return venv
+
+
+def ensure_schema_template(venv: Path) -> tuple[Path, float | None]:
+    """Empty MLflow 3.17.2 SQLite schema made by MLflow itself; returns (path, seconds if built)."""
+    path = cache_root() / "bench-schema" / f"mlflow-{MLFLOW_VERSION}.db"
+    if path.exists():
+        return path, None
+    with file_lock(path.parent / ".lock"):
+        if path.exists():
+            return path, None
+        tmp = path.parent / f".tmp-{os.getpid()}.db"
+        code = ("import sys\nfrom sqlalchemy import create_engine\n"
+                "from mlflow.store.db.utils import _initialize_tables\n"
+                "_initialize_tables(create_engine('sqlite:///' + sys.argv[1]))\n")
+        t0 = time.perf_counter()
+        subprocess.run([str(venv / "bin" / "python"), "-c", code, str(tmp)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dt = time.perf_counter() - t0
+        os.rename(tmp, path)
+    log(f"schema template {path} created by MLflow in {dt:.1f} s")
+    return path, dt
+
+
+# ---------------------------------------------------------------------------------------------
+# stores
+# ---------------------------------------------------------------------------------------------
+def parse_count(tok: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmM]?)\s*", tok)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad count {tok!r} (e.g. 400k, 0.4M, 1000000)")
+    mult = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]
+    return int(round(float(m.group(1)) * mult))
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``0.4M,1.6M`` -> [(400, 400000), (1600, 1600000)] (1 run per 1000 points);
+    ``RUNSxPOINTS`` (e.g. ``400x0.4M``) sets the runs explicitly."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if "x" in tok:
+            r, p = tok.split("x", 1)
+            out.append((parse_count(r), parse_count(p)))
+        else:
+            p = parse_count(tok)
+            out.append((max(1, round(p / 1000)), p))
+    return out
+
+
+def ensure_store(venv: Path, spec: dict, regenerate: bool) -> tuple[Path, dict, bool]:
+    """Returns (mlruns path, manifest, generated now?). Cached under bench-stores/<key>/."""
+    key = (f"r{spec['runs']}-p{spec['points']}-e{spec['experiments']}-pa{spec['params']}"
+           f"-t{spec['tags']}-m{spec['models']}-s{spec['seed']}-g{generator_version()}")
+    base = cache_root() / "bench-stores"
+    final = base / key
+    with file_lock(base / f".{key}.lock"):
+        if final.exists() and regenerate:
+            shutil.rmtree(final)
+        if (final / "manifest.json").exists() and (final / "mlruns").is_dir():
+            return final / "mlruns", json.loads((final / "manifest.json").read_text()), False
+        if final.exists():
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=base))
+        try:
+            log(f"generating store {key} ...")
+            args = [str(venv / "bin" / "python"), str(BENCH_DIR / "gen_store.py"),
+                    "--out", str(tmp), "--artifact-root", str(final / "mlruns")]
+            for k in ("runs", "points", "experiments", "params", "tags", "models", "seed"):
+                args += [f"--{k}", str(spec[k])]
+            t0 = time.perf_counter()
+            subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            manifest = json.loads((tmp / "manifest.json").read_text())
+            manifest["wall_seconds"] = round(wall, 3)
+            manifest["disk_bytes"] = du(tmp / "mlruns")
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    c = manifest["counts"]
+    log(f"generated {c['runs']} runs / {c['metrics']} points / {c['files']} files in "
+        f"{manifest['wall_seconds']:.1f} s ({c['metrics'] / manifest['seconds'] / 1e3:.0f} k "
+        f"points/s in the generator)")
+    return final / "mlruns", manifest, True
+
+
+def generator_version() -> int:
+    text = (BENCH_DIR / "gen_store.py").read_text()
+    return int(re.search(r"^GENERATOR_VERSION = (\d+)", text, re.M).group(1))
+
+
+def du(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    out += [int(x) for x in fh.read().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS of a process tree (every ``interval`` s) to catch concurrent
+    workers, which ``ru_maxrss`` (largest single process) does not add up."""
+
+    def __init__(self, pid: int, skip_root: bool, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.skip_root, self.interval = pid, skip_root, interval
+        self.peak_kb = 0
+        self.max_procs = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            pids, todo = [], [self.pid]
+            while todo:
+                p = todo.pop()
+                pids.append(p)
+                todo += _children(p)
+            if self.skip_root:
+                pids = pids[1:]
+            total = sum(_rss_kb(p) for p in pids)
+            self.peak_kb = max(self.peak_kb, total)
+            self.max_procs = max(self.max_procs, len(pids))
+            self.stop.wait(self.interval)
+
+
+def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
+    # runs in the output directory, so stray files (e.g. a default mlflow.db) land there
+    """Run ``cmd`` once; wall time, peak RSS (GNU time -v if present, else wait4), tree sample."""
+    use_gnu = os.path.exists(GNU_TIME)
+    time_out = log_path.with_suffix(".time")
+    full = [GNU_TIME, "-v", "-o", str(time_out), *cmd] if use_gnu else cmd
+    with open(log_path, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, cwd=log_path.parent)
+        sampler = TreeSampler(proc.pid, skip_root=use_gnu)
+        sampler.start()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.stop.set()
+        sampler.join()
+    maxrss_kb = ru.ru_maxrss  # covers /usr/bin/time itself and the tool (max single process)
+    rc = proc.returncode
+    if use_gnu and time_out.exists():
+        text = time_out.read_text()
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        if m:
+            maxrss_kb = int(m.group(1))
+        m = re.search(r"Exit status: (\d+)", text)
+        if m:
+            rc = int(m.group(1))
+        if "Command terminated by signal" in text:
+            rc = rc or -1
+    return {
+        "wall_s": round(wall, 3),
+        "rc": rc,
+        "maxrss_mb": round(maxrss_kb / 1024, 1),
+        "tree_rss_sampled_mb": round(sampler.peak_kb / 1024, 1),
+        "peak_rss_mb": round(max(maxrss_kb, sampler.peak_kb) / 1024, 1),
+        "max_processes": sampler.max_procs,
+        "user_s": round(ru.ru_utime, 2),
+        "sys_s": round(ru.ru_stime, 2),
+    }
+
+
+def row_counts(db: Path) -> dict:
+    out = {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        for t in COUNT_TABLES:
+            try:
+                out[t] = con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            except sqlite3.Error:
+                out[t] = None
+    finally:
+        con.close()
+    return out
+
+
+def tool_command(tool: str, mlruns: Path, out_db: Path, ctx: dict) -> list[str]:
+    if tool == "fs2sql":
+        return [*ctx["fs2sql"], "migrate", str(mlruns), str(out_db)]
+    if tool == "upstream":
+        return [str(ctx["venv"] / "bin" / "mlflow"), "migrate-filestore", "--source", str(mlruns),
+                "--target", f"sqlite:///{out_db}", "--no-progress"]
+    if tool == "floor":
+        return [str(ctx["venv"] / "bin" / "python"), str(BENCH_DIR / "floor.py"), str(mlruns),
+                str(out_db), "--template", str(ctx["template"])]
+    raise ValueError(tool)
+
+
+# ---------------------------------------------------------------------------------------------
+# machine, report
+# ---------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gb = None
+    try:
+        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        ram_gb = round(int(m.group(1)) / 1024 / 1024, 1)
+    except (OSError, AttributeError):
+        pass
+    os_name = platform.platform()
+    try:
+        rel = Path("/etc/os-release").read_text()
+        m = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', rel, re.M)
+        if m:
+            os_name = f"{m.group(1)} (kernel {platform.release()})"
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": ram_gb,
+        "os": os_name,
+        "python_bench_driver": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt_s(x):
+    return "-" if x is None else (f"{x:.2f} s" if x < 10 else f"{x:.1f} s")
+
+
+def fmt_mb(x):
+    return "-" if x is None else f"{x:.0f} MB"
+
+
+def fmt_ratio(a, b):
+    return "-" if a is None or not b else f"{a / b:.2f}x"
+
+
+def summarize(results: dict) -> list[dict]:
+    rows = []
+    for size in results["sizes"]:
+        by_tool = {}
+        for tool, runs in size["runs"].items():
+            ok = [r for r in runs if r["rc"] == 0]
+            by_tool[tool] = {
+                "wall": median([r["wall_s"] for r in ok]),
+                "rss": max([r["peak_rss_mb"] for r in ok], default=None),
+                "n": len(ok), "failed": len(runs) - len(ok),
+            }
+        f = by_tool.get("fs2sql", {})
+        for tool in TOOLS:
+            if tool not in by_tool:
+                continue
+            t = by_tool[tool]
+            rows.append({
+                "tool": tool, "label": TOOL_LABEL[tool], "runs": size["counts"]["runs"],
+                "points": size["counts"]["metrics"], "median_wall_s": t["wall"],
+                "peak_rss_mb": t["rss"], "ok_runs": t["n"], "failed_runs": t["failed"],
+            })
+            size.setdefault("summary", {})[tool] = rows[-1]
+        if f.get("wall") is not None:
+            for other in ("upstream", "floor"):
+                o = by_tool.get(other)
+                if o and o["wall"]:
+                    size.setdefault("ratios", {})[f"fs2sql/{other}"] = {
+                        "wall": round(f["wall"] / o["wall"], 3),
+                        "peak_rss": round(f["rss"] / o["rss"], 3) if o["rss"] else None}
+    return rows
+
+
+def size_label(points: int) -> str:
+    return f"{points / 1e6:g}M" if points >= 100_000 else f"{points / 1e3:g}k"
+
+
+def table_lines(results: dict, markdown: bool) -> list[str]:
+    hdr = ["tool", "store (runs / points)", "median wall", "peak RSS", "wall vs upstream",
+           "wall vs floor", "RSS vs upstream", "RSS vs floor"]
+    body = []
+    for size in results["sizes"]:
+        s = size.get("summary", {})
+        f = s.get("fs2sql")
+        for tool in TOOLS:
+            t = s.get(tool)
+            if not t:
+                continue
+            is_f = tool == "fs2sql"
+            up, fl = s.get("upstream"), s.get("floor")
+            fail = f" ({t['failed_runs']} failed)" if t["failed_runs"] else ""
+            body.append([
+                t["label"] + fail,
+                f"{t['runs']:,} / {t['points']:,}",
+                fmt_s(t["median_wall_s"]), fmt_mb(t["peak_rss_mb"]),
+                fmt_ratio(f and f["median_wall_s"], up and up["median_wall_s"]) if is_f else "",
+                fmt_ratio(f and f["median_wall_s"], fl and fl["median_wall_s"]) if is_f else "",
+                fmt_ratio(f and f["peak_rss_mb"], up and up["peak_rss_mb"]) if is_f else "",
+                fmt_ratio(f and f["peak_rss_mb"], fl and fl["peak_rss_mb"]) if is_f else "",
+            ])
+    # drop ratio columns when fs2sql was skipped
+    if not any(r[4] or r[5] for r in body):
+        hdr, body = hdr[:4], [r[:4] for r in body]
+    if markdown:
+        lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(
+            "---" if i < 2 else "---:" for i in range(len(hdr))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return lines
+    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(hdr, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in body]
+    return lines
+
+
+def cli_lines(results: dict, markdown: bool) -> list[str]:
+    c = results.get("cli")
+    if not c:
+        return []
+    parts = [f"`fs2sql {k}`: {fmt_s(v['median_wall_s'])} (median of {v['n']})"
+             if markdown else f"fs2sql {k}: {fmt_s(v['median_wall_s'])} (median of {v['n']})"
+             for k, v in c.items()]
+    return ["; ".join(parts)]
+
+
+def extra_lines(results: dict, markdown: bool) -> list[str]:
+    out = []
+    for size in results["sizes"]:
+        g = size["generator"]
+        c = size["counts"]
+        out.append(f"Store {size_label(c['metrics'])}: {c['runs']:,} runs, {c['metrics']:,} metric "
+                   f"points ({c['nan_points']:,} NaN), {c['params']:,} params, {c['tags']:,} tags, "
+                   f"{c['experiments']} experiments, {c['registered_models']} registered models / "
+                   f"{c['model_versions']} versions, {c['files']:,} files, "
+                   f"{size['disk_mb']:.0f} MB on disk; generated in {g['seconds']:.1f} s "
+                   f"({g['points_per_s'] / 1e3:.0f} k points/s){'' if g['now'] else ' (cached)'}.")
+        for tool, cnt in size.get("row_check", {}).items():
+            if cnt.get("mismatch"):
+                out.append(f"  {tool}: row counts differ from the store: {cnt['mismatch']}")
+    if results.get("schema_init_s"):
+        out.append(f"Creating the empty MLflow schema (_initialize_tables) took "
+                   f"{results['schema_init_s']:.1f} s (done once for the floor, which copies it; "
+                   f"upstream pays it on every run).")
+    return out
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    m = results["machine"]
+    lines = [
+        f"### fs2sql benchmark ({results['date']})", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}; "
+        f"Python {m['python_bench_driver']} (driver), {results['venv_python']} (MLflow "
+        f"{MLFLOW_VERSION} venv: upstream and floor); SQLite {m['sqlite']}; load average at "
+        f"start {m['loadavg_start'][0]:.2f}.", "",
+        f"{results['rounds']} rounds per size, tools alternating; median wall time, peak RSS = "
+        f"max over runs of the process tree's peak resident memory.", "",
+    ]
+    lines += table_lines(results, markdown=True)
+    lines += [""] + [f"- {x}" for x in cli_lines(results, True) + extra_lines(results, True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description="fs2sql vs mlflow migrate-filestore vs floor benchmark",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--sizes", help="comma-separated store sizes in metric points (0.4M,1.6M; "
+                    "1 run per 1000 points) or RUNSxPOINTS (400x0.4M); default: --runs/--points")
+    ap.add_argument("--runs", type=parse_count, default=1000, help="runs (without --sizes)")
+    ap.add_argument("--points", type=parse_count, default=1_000_000,
+                    help="metric points (without --sizes)")
+    ap.add_argument("--experiments", type=int, default=8, help="incl. 0 and one deleted")
+    ap.add_argument("--params", type=int, default=20, help="params per run")
+    ap.add_argument("--tags", type=int, default=10, help="tags per run")
+    ap.add_argument("--models", type=int, default=10, help="registered models (1-5 versions)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fs2sql", default="fs2sql", help="fs2sql command (shell-split)")
+    ap.add_argument("--skip", default="", help=f"tools to skip, comma-separated: {','.join(TOOLS)}")
+    ap.add_argument("--json", type=Path, help="write results as JSON")
+    ap.add_argument("--markdown", type=Path, help="write a Markdown report (README-ready)")
+    ap.add_argument("--no-check", action="store_true", help="skip bench/check_generator.py")
+    ap.add_argument("--regenerate", action="store_true", help="ignore cached stores")
+    ap.add_argument("--venv-python", help="base interpreter for the bench venv "
+                    "(default: $FS2SQL_VENV_PYTHON, pyenv 3.11, ...)")
+    ap.add_argument("--workdir", type=Path, help="where output DBs go (default: temp dir in cache)")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep output DBs and logs")
+    a = ap.parse_args(argv)
+
+    skip = set()
+    for name in filter(None, (s.strip().lower() for s in a.skip.split(","))):
+        name = TOOL_ALIASES.get(name, name)
+        if name not in TOOLS:
+            ap.error(f"--skip: unknown tool {name!r} (known: {', '.join(TOOLS)})")
+        skip.add(name)
+    tools = [t for t in TOOLS if t not in skip]
+    if not tools:
+        ap.error("nothing to run")
+    sizes = parse_sizes(a.sizes) if a.sizes else [(a.runs, a.points)]
+
+    ctx = {"fs2sql": shlex.split(a.fs2sql)}
+    if "fs2sql" in tools:
+        exe = shutil.which(ctx["fs2sql"][0])
+        if not exe:
+            ap.error(f"fs2sql command {ctx['fs2sql'][0]!r} not found (use --fs2sql CMD or "
+                     "--skip fs2sql)")
+        ctx["fs2sql"][0] = exe
+
+    results = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_info(), "mlflow_version": MLFLOW_VERSION, "rounds": a.rounds,
+        "tools": {t: TOOL_LABEL[t] for t in tools}, "sizes": [],
+        "measurement": ("wall: perf_counter around the process; peak RSS: max of GNU time -v "
+                        "'Maximum resident set size' (largest single process of the tree, "
+                        "os.wait4 ru_maxrss without GNU time) and the summed RSS of the "
+                        "process tree sampled every 50 ms"),
+    }
+
+    venv = ensure_bench_venv(a.venv_python)
+    ctx["venv"] = venv
+    results["venv_python"] = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    if "floor" in tools:
+        ctx["template"], built = ensure_schema_template(venv)
+        if built:
+            results["schema_init_s"] = round(built, 2)
+
+    if not a.no_check:
+        log("checking the generator against MLflow's FileStore (bench/check_generator.py) ...")
+        p = subprocess.run([str(venv / "bin" / "python"), str(BENCH_DIR / "check_generator.py"),
+                            "--params", str(a.params), "--tags", str(a.tags)],
+                           capture_output=True, text=True)
+        print(p.stdout.strip(), file=sys.stderr)
+        if p.returncode != 0:
+            print(p.stderr[-3000:], file=sys.stderr)
+            log("generator check FAILED; not benchmarking an invalid store")
+            return 2
+        results["generator_check"] = p.stdout.strip().splitlines()[-1]
+
+    stores = []
+    for runs, points in sizes:
+        spec = dict(runs=runs, points=points, experiments=a.experiments, params=a.params,
+                    tags=a.tags, models=a.models, seed=a.seed)
+        mlruns, manifest, now = ensure_store(venv, spec, a.regenerate)
+        stores.append((mlruns, manifest))
+        results["sizes"].append({
+            "spec": spec, "store": str(mlruns), "counts": manifest["counts"],
+            "disk_mb": round(manifest.get("disk_bytes", 0) / 1e6, 1),
+            "generator": {"seconds": manifest["seconds"],
+                          "wall_seconds": manifest.get("wall_seconds"),
+                          "points_per_s": round(manifest["counts"]["metrics"]
+                                                / max(manifest["seconds"], 1e-9)),
+                          "now": now},
+            "runs": {t: [] for t in tools},
+        })
+
+    workroot = a.workdir or (cache_root() / "bench-out")
+    workroot.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=workroot))
+    log(f"outputs in {work}")
+    try:
+        for si, ((mlruns, manifest), size) in enumerate(zip(stores, results["sizes"])):
+            label = size_label(manifest["counts"]["metrics"])
+            expected = manifest["counts"]
+            for rnd in range(a.rounds):
+                # rotate the start so no tool always runs first (cache/thermal effects)
+                order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+                for tool in order:
+                    out_dir = work / f"{label}-{tool}-{rnd}"
+                    out_dir.mkdir()
+                    out_db = out_dir / "out.db"
+                    cmd = tool_command(tool, mlruns, out_db, ctx)
+                    r = measure(cmd, out_dir / "log.txt")
+                    r["round"] = rnd
+                    if r["rc"] != 0:
+                        tail = (out_dir / "log.txt").read_text(errors="replace")[-2000:]
+                        r["error_tail"] = tail
+                        log(f"{label} {tool} round {rnd + 1}: FAILED (exit {r['rc']}):\n{tail}")
+                    else:
+                        log(f"{label} {tool:8s} round {rnd + 1}/{a.rounds}: {r['wall_s']:.2f} s, "
+                            f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                        if not size.setdefault("row_check", {}).get(tool) and out_db.exists():
+                            got = row_counts(out_db)
+                            mism = {t: [got[t], expected[t]] for t in COUNT_TABLES
+                                    if got.get(t) != expected.get(t)}
+                            size["row_check"][tool] = {"counts": got, "mismatch": mism}
+                            if mism:
+                                log(f"  {tool}: row counts [db, store] differ: {mism}")
+                    size["runs"][tool].append(r)
+                    if not a.keep_outputs:
+                        shutil.rmtree(out_dir, ignore_errors=True)
+        if "fs2sql" in tools:
+            cli = {}
+            for flag in ("--help", "--version"):
+                walls, rcs = [], []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    p = subprocess.run([*ctx["fs2sql"], flag], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                    walls.append(time.perf_counter() - t0)
+                    rcs.append(p.returncode)
+                cli[flag] = {"median_wall_s": round(median(walls), 3), "n": 5,
+                             "all_s": [round(w, 3) for w in walls], "exit_codes": rcs}
+            results["cli"] = cli
+    finally:
+        if not a.keep_outputs:
+            shutil.rmtree(work, ignore_errors=True)
+
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    summarize(results)
+    print()
+    print("\n".join(table_lines(results, markdown=False)))
+    for line in cli_lines(results, False) + extra_lines(results, False):
+        print(line)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+        log(f"JSON written to {a.json}")
+    if a.markdown:
+        write_markdown(results, a.markdown)
+        log(f"Markdown written to {a.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

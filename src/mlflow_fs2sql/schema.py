@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -110,7 +111,9 @@ def _build_sqlite_schema(path: str, revision: Optional[str]) -> str:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, warnings.catch_warnings():
+            # MLflow's old migration scripts use APIs SQLAlchemy now deprecates: not ours to fix.
+            warnings.simplefilter("ignore")
             found = create_schema(conn, revision)
             conn.commit()
     except Exception as exc:

@@ -60,10 +60,11 @@ STATUS = {"UNSPECIFIED": 0, "PENDING": 1, "READY": 2, "FAILED": 3}
 NOT_MIGRATED_NO_META = "logged model folders without meta.yaml (MLflow ignores them)"
 NOT_MIGRATED_DUPLICATE_MODEL_INPUT = "model inputs repeating a model the run already lists"
 NOT_MIGRATED_RUN_OUTPUT = "run outputs that are not MODEL_OUTPUT (MLflow's FileStore ignores them)"
-NOTE_IDENTICAL = "identical logged-model metric lines were kept once ({n})"
-NOTE_COLLIDING = ("logged-model metric lines had the same model, name, timestamp, step and run "
-                  "as an earlier line but another value or dataset; MLflow's table keys on those "
-                  "columns only, so the first line was kept ({n})")
+NOTE_IDENTICAL = ("{n} identical logged-model metric lines were kept once, as MLflow's SQL store "
+                  "keeps them.")
+NOTE_COLLIDING = ("{n} logged-model metric lines repeat an earlier line's model, name, timestamp, "
+                  "step and run with another value or dataset; MLflow's table is keyed on those "
+                  "columns only, so the first line was kept.")
 
 # One row of logged_model_metrics without model_id/experiment_id:
 # (name, timestamp, step, stored value, run_id, dataset_name, dataset_digest)
@@ -115,7 +116,8 @@ class ModelLink:
 
 
 def add_note(walk, template: str, n: int) -> None:
-    """Count something for the report's notes (``walk.notes``: template -> count)."""
+    """Count something for the report's notes (``walk.notes``: template -> count; the report
+    shows ``template.format(n=count)``)."""
     if n:
         notes = walk.__dict__.setdefault("notes", {})
         notes[template] = notes.get(template, 0) + n

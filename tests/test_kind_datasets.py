@@ -233,10 +233,10 @@ def test_same_dataset_twice_in_one_run_is_kept_once(tmp_path):
 
 
 def test_two_runs_share_one_dataset_across_two_experiments(tmp_path):
-    e2 = "2"
-    store, did = store_with_dataset(tmp_path, extra={
+    e2, did = "2", md5("eval-ds", "6c3b2a1f")
+    store, _ = store_with_dataset(tmp_path, extra={
         f"{e2}/meta.yaml": experiment_meta(e2, "other"),
-        f"{e2}/datasets/{md5('eval-ds', '6c3b2a1f')}/meta.yaml": dataset_yaml(),
+        f"{e2}/datasets/{did}/meta.yaml": dataset_yaml(),
         f"{e2}/{RID2}/meta.yaml": run_meta(RID2, e2),
         f"{e2}/{RID2}/inputs/{md5(did, RID2)}/meta.yaml": input_yaml(did),
     })

@@ -30,11 +30,12 @@ JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpo
 
 
 def is_junk(name: str) -> bool:
+    # Narrow on purpose: any other name may be a real key (keys may start with '.').
     return (
         name in JUNK_NAMES
         or name.startswith("._")
         or name.endswith("~")
-        or name.endswith((".swp", ".swo", ".tmp", ".bak", ".orig"))
+        or (name.startswith(".") and name.endswith((".swp", ".swo")))
     )
 
 

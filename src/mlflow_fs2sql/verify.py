@@ -31,7 +31,8 @@ _SERVER_DEFAULT = ("experiments", (0,))
 
 class Verifier:
     def __init__(self, conn, columns: TargetColumns, max_messages: int = 1000):
-        from sqlalchemy import MetaData, Table, and_, bindparam, select
+        from sqlalchemy import and_, bindparam, column, select
+        from sqlalchemy import table as table_clause
 
         self.conn = conn
         self.max_messages = max_messages
@@ -43,14 +44,13 @@ class Verifier:
         self._whole: Dict[str, Dict[tuple, tuple]] = {}
         self._owners: Dict[str, set] = {}
         self._plans = {}
-        meta = MetaData()
         for table in table_order():
             if not columns.has_table(table):
                 continue
             spec = SPECS[table]
             names, projection, _ = columns.insert_columns(spec)
             names = [c for c in names if c in spec.columns]
-            t = Table(table, meta, autoload_with=conn)
+            t = table_clause(table, *[column(c) for c in set(names) | set(spec.owner)])
             cols = [t.c[c] for c in names]
             if spec.per_entity:
                 stmt = select(*cols).where(

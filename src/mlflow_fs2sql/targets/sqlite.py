@@ -230,9 +230,11 @@ def open_sqlite_readonly(target: str):
 
 def _compile_insert(conn, table: str, columns: Sequence[str]):
     """The INSERT for ``columns`` and the order its positional parameters take."""
-    from sqlalchemy import MetaData, Table, insert
+    from sqlalchemy import column, insert
+    from sqlalchemy import table as table_clause
 
-    t = Table(table, MetaData(), autoload_with=conn)
+    # A lightweight table clause: the columns were already read from the database.
+    t = table_clause(table, *[column(c) for c in columns])
     compiled = insert(t).compile(dialect=conn.dialect, column_keys=list(columns))
     return str(compiled), list(compiled.positiontup)
 

@@ -413,6 +413,7 @@ def summarize(results: dict) -> list[dict]:
             ok = [r for r in runs if r["rc"] == 0]
             by_tool[tool] = {
                 "wall": median([r["wall_s"] for r in ok]),
+                "cpu": median([r["user_s"] + r["sys_s"] for r in ok]),
                 "rss": max([r["peak_rss_mb"] for r in ok], default=None),
                 "n": len(ok), "failed": len(runs) - len(ok),
             }
@@ -424,6 +425,7 @@ def summarize(results: dict) -> list[dict]:
             rows.append({
                 "tool": tool, "label": TOOL_LABEL[tool], "runs": size["counts"]["runs"],
                 "points": size["counts"]["metrics"], "median_wall_s": t["wall"],
+                "median_cpu_s": round(t["cpu"], 2) if t["cpu"] is not None else None,
                 "peak_rss_mb": t["rss"], "ok_runs": t["n"], "failed_runs": t["failed"],
             })
             size.setdefault("summary", {})[tool] = rows[-1]
@@ -442,8 +444,9 @@ def size_label(points: int) -> str:
 
 
 def table_lines(results: dict, markdown: bool) -> list[str]:
-    hdr = ["tool", "store (runs / points)", "median wall", "peak RSS", "wall vs upstream",
-           "wall vs floor", "RSS vs upstream", "RSS vs floor"]
+    hdr = ["tool", "store (runs / points)", "median wall", "peak RSS", "CPU (user+sys)",
+           "wall fs2sql/upstream", "wall fs2sql/floor", "RSS fs2sql/upstream",
+           "RSS fs2sql/floor"]
     body = []
     for size in results["sizes"]:
         s = size.get("summary", {})
@@ -458,15 +461,15 @@ def table_lines(results: dict, markdown: bool) -> list[str]:
             body.append([
                 t["label"] + fail,
                 f"{t['runs']:,} / {t['points']:,}",
-                fmt_s(t["median_wall_s"]), fmt_mb(t["peak_rss_mb"]),
+                fmt_s(t["median_wall_s"]), fmt_mb(t["peak_rss_mb"]), fmt_s(t["median_cpu_s"]),
                 fmt_ratio(f and f["median_wall_s"], up and up["median_wall_s"]) if is_f else "",
                 fmt_ratio(f and f["median_wall_s"], fl and fl["median_wall_s"]) if is_f else "",
                 fmt_ratio(f and f["peak_rss_mb"], up and up["peak_rss_mb"]) if is_f else "",
                 fmt_ratio(f and f["peak_rss_mb"], fl and fl["peak_rss_mb"]) if is_f else "",
             ])
     # drop ratio columns when fs2sql was skipped
-    if not any(r[4] or r[5] for r in body):
-        hdr, body = hdr[:4], [r[:4] for r in body]
+    if not any(r[5] or r[6] for r in body):
+        hdr, body = hdr[:5], [r[:5] for r in body]
     if markdown:
         lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(
             "---" if i < 2 else "---:" for i in range(len(hdr))) + "|"]
@@ -513,17 +516,43 @@ def extra_lines(results: dict, markdown: bool) -> list[str]:
 def write_markdown(results: dict, path: Path) -> None:
     m = results["machine"]
     lines = [
-        f"### fs2sql benchmark ({results['date']})", "",
+        f"### fs2sql benchmark ({results['date']})"
+        + ("" if results.get("complete", True) else " — PARTIAL (still running or interrupted)"),
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, {m['os']}; "
         f"Python {m['python_bench_driver']} (driver), {results['venv_python']} (MLflow "
         f"{MLFLOW_VERSION} venv: upstream and floor); SQLite {m['sqlite']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}.", "",
         f"{results['rounds']} rounds per size, tools alternating; median wall time, peak RSS = "
-        f"max over runs of the process tree's peak resident memory.", "",
+        f"max over runs of the process tree's peak resident memory; CPU = median user+sys "
+        f"time of the process tree (less sensitive to other load on the machine than wall "
+        f"time). Load average at the end: {m.get('loadavg_end', [0])[0]:.2f}.", "",
     ]
     lines += table_lines(results, markdown=True)
     lines += [""] + [f"- {x}" for x in cli_lines(results, True) + extra_lines(results, True)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_reports(results: dict, a, final: bool) -> None:
+    """Table to stdout (final only); JSON/Markdown files (also partially, after every run)."""
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["complete"] = final
+    summarize(results)
+    if final:
+        print()
+        print("\n".join(table_lines(results, markdown=False)))
+        for line in cli_lines(results, False) + extra_lines(results, False):
+            print(line)
+    if a.json:
+        tmp = a.json.with_name(a.json.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, a.json)
+    if a.markdown:
+        write_markdown(results, a.markdown)
+    if final:
+        for what, path in (("JSON", a.json), ("Markdown", a.markdown)):
+            if path:
+                log(f"{what} written to {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,6 +686,7 @@ def main(argv=None) -> int:
                     size["runs"][tool].append(r)
                     if not a.keep_outputs:
                         shutil.rmtree(out_dir, ignore_errors=True)
+                    write_reports(results, a, final=False)  # partial results survive a kill
         if "fs2sql" in tools:
             cli = {}
             for flag in ("--help", "--version"):
@@ -674,20 +704,8 @@ def main(argv=None) -> int:
         if not a.keep_outputs:
             shutil.rmtree(work, ignore_errors=True)
 
-    results["machine"]["loadavg_end"] = list(os.getloadavg())
-    summarize(results)
-    print()
-    print("\n".join(table_lines(results, markdown=False)))
-    for line in cli_lines(results, False) + extra_lines(results, False):
-        print(line)
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=1))
-        log(f"JSON written to {a.json}")
-    if a.markdown:
-        write_markdown(results, a.markdown)
-        log(f"Markdown written to {a.markdown}")
+    write_reports(results, a, final=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,6 +48,8 @@ DUMP = textwrap.dedent(r'''
             return {str(k): canon(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return [canon(v) for v in obj]
+        if isinstance(obj, (set, frozenset)):
+            return sorted(canon(v) for v in obj)
         props = sorted(n for c in type(obj).__mro__ for n, a in vars(c).items()
                        if isinstance(a, property) and not n.startswith("_"))
         if not props:
@@ -133,42 +135,46 @@ def run_dump(uri: str, tmp) -> dict:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-# Documented differences between what the two stores return for the same data (MLflow 3.17.2):
+# Documented differences between what the two stores return for the same data (MLflow 3.17.2);
+# they come from the stores' code, not from the data:
 # * ``model_id``, ``metrics``, ``params`` of a version: FileStore reads ``model_id`` from the
 #   version's meta.yaml and fetches the logged model's metrics/params
 #   (``FileStore._get_file_model_version_from_dir``); ``SqlModelVersion`` has no such column and
-#   ``SqlModelVersion.to_mlflow_entity`` passes none, so the SQL store returns None / [] for them.
-# * Alias versions: FileStore returns the alias file's text (``RegisteredModelAlias(alias_name,
-#   alias_data)`` in ``_get_registered_model_alias_from_file``); the SQL store returns the INTEGER
-#   column (``SqlRegisteredModelAlias.to_mlflow_entity``). Compared as text.
-# * ``deployment_job_state`` of a version: FileStore keeps what meta.yaml says; 3.17.2 writes it
-#   and ``SqlModelVersion`` has no column (always None on the SQL side).
-VERSION_ONLY_IN_FILESTORE = ("model_id", "metrics", "params", "deployment_job_state")
-MODEL_ONLY_IN_FILESTORE = ("deployment_job_id", "deployment_job_state")
+#   ``SqlModelVersion.to_mlflow_entity`` passes none, so the SQL store returns None for them.
+# * Alias versions in ``RegisteredModel.aliases``: FileStore returns the alias file's text
+#   (``RegisteredModelAlias(alias_name, alias_data)`` in ``_get_registered_model_alias_from_file``);
+#   the SQL store returns the INTEGER column (``SqlRegisteredModelAlias.to_mlflow_entity``).
+#   Compared as text.
+# * ``aliases`` of the versions in ``search_model_versions`` results and in
+#   ``RegisteredModel.latest_versions``: ``SqlModelVersion.to_mlflow_entity`` always passes ``[]``
+#   and only ``get_model_version``/``get_model_version_by_alias``/``get_latest_versions`` fill
+#   them in (``_populate_model_version_aliases``); FileStore fills them everywhere. Those lists are
+#   compared without ``aliases``; the other reads compare them.
+VERSION_ONLY_IN_FILESTORE = ("model_id", "metrics", "params")
 
 
 def normalise(dump: dict) -> dict:
-    def version(v):
-        if isinstance(v, dict) and "version" in v:
-            for key in VERSION_ONLY_IN_FILESTORE:
-                v.pop(key, None)
-        return v
+    def version(v, drop_aliases=False):
+        for key in VERSION_ONLY_IN_FILESTORE + (("aliases",) if drop_aliases else ()):
+            v.pop(key, None)
 
-    def walk(obj, parent_key=""):
+    def walk(obj, key=""):
         if isinstance(obj, dict):
             if "current_stage" in obj and "version" in obj:
                 version(obj)
             if "latest_versions" in obj and "aliases" in obj:  # a registered model
-                for key in MODEL_ONLY_IN_FILESTORE:
-                    obj.pop(key, None)
                 obj["aliases"] = {k: str(v) for k, v in obj["aliases"].items()}
+                for v in obj["latest_versions"]:
+                    version(v, drop_aliases=True)
             for k, v in obj.items():
                 walk(v, k)
         elif isinstance(obj, list):
             for v in obj:
-                walk(v, parent_key)
+                walk(v, key)
         return obj
 
+    for v in dump["search_versions"]:
+        version(v, drop_aliases=True)
     return walk(dump)
 
 

@@ -340,6 +340,44 @@ def row_counts(db: Path) -> dict:
     return out
 
 
+def compare_outputs(kept: dict, label: str) -> dict:
+    """Full content comparison (bench/compare_dbs.py logic) of each tool's round-1 output with
+    the reference (floor if it ran, else upstream). Not timed."""
+    sys.path.insert(0, str(BENCH_DIR))
+    import compare_dbs
+
+    ref = "floor" if "floor" in kept else "upstream" if "upstream" in kept else None
+    out = {}
+    if ref is None:
+        return out
+    cref = sqlite3.connect(f"file:{kept[ref]}?mode=ro", uri=True)
+    cache = {}
+    for tool, db in kept.items():
+        if tool == ref:
+            continue
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        diffs = {}
+        for t in compare_dbs.TABLES:
+            try:
+                cols = [c for c in compare_dbs.columns(cref, t)
+                        if c in set(compare_dbs.columns(con, t))]
+                if (t, tuple(cols)) not in cache:
+                    cache[(t, tuple(cols))] = compare_dbs.rows(cref, t, cols)
+                ra, rb = cache[(t, tuple(cols))], compare_dbs.rows(con, t, cols)
+            except sqlite3.Error as exc:
+                diffs[t] = f"error: {exc}"
+                continue
+            if ra != rb:
+                diffs[t] = (f"{sum((rb - ra).values())} rows only in {tool}, "
+                            f"{sum((ra - rb).values())} only in {ref}")
+        con.close()
+        out[f"{tool} vs {ref}"] = diffs or "identical"
+        log(f"{label}: content of {tool} vs {ref}: "
+            f"{'identical (12 tables)' if not diffs else diffs}")
+    cref.close()
+    return out
+
+
 def tool_command(tool: str, mlruns: Path, out_db: Path, ctx: dict) -> list[str]:
     if tool == "fs2sql":
         return [*ctx["fs2sql"], "migrate", str(mlruns), str(out_db)]
@@ -503,6 +541,9 @@ def extra_lines(results: dict, markdown: bool) -> list[str]:
                    f"{c['model_versions']} versions, {c['files']:,} files, "
                    f"{size['disk_mb']:.0f} MB on disk; generated in {g['seconds']:.1f} s "
                    f"({g['points_per_s'] / 1e3:.0f} k points/s){'' if g['now'] else ' (cached)'}.")
+        for pair, res in size.get("content_check", {}).items():
+            out.append(f"  {size_label(c['metrics'])} content {pair}: "
+                       f"{'identical (12 tables, all columns)' if res == 'identical' else res}")
         for tool, cnt in size.get("row_check", {}).items():
             if cnt.get("mismatch"):
                 out.append(f"  {tool}: row counts differ from the store: {cnt['mismatch']}")
@@ -581,6 +622,8 @@ def main(argv=None) -> int:
                     "(default: $FS2SQL_VENV_PYTHON, pyenv 3.11, ...)")
     ap.add_argument("--workdir", type=Path, help="where output DBs go (default: temp dir in cache)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep output DBs and logs")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip the content comparison of the round-1 outputs (12 tables)")
     a = ap.parse_args(argv)
 
     skip = set()
@@ -659,6 +702,7 @@ def main(argv=None) -> int:
         for si, ((mlruns, manifest), size) in enumerate(zip(stores, results["sizes"])):
             label = size_label(manifest["counts"]["metrics"])
             expected = manifest["counts"]
+            kept: dict = {}
             for rnd in range(a.rounds):
                 # rotate the start so no tool always runs first (cache/thermal effects)
                 order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
@@ -684,9 +728,18 @@ def main(argv=None) -> int:
                             if mism:
                                 log(f"  {tool}: row counts [db, store] differ: {mism}")
                     size["runs"][tool].append(r)
-                    if not a.keep_outputs:
+                    if rnd == 0 and not a.no_compare and r["rc"] == 0 and out_db.exists():
+                        kept[tool] = out_db  # compared after the round, then deleted
+                    elif not a.keep_outputs:
                         shutil.rmtree(out_dir, ignore_errors=True)
                     write_reports(results, a, final=False)  # partial results survive a kill
+                if rnd == 0 and kept:
+                    size["content_check"] = compare_outputs(kept, label)
+                    if not a.keep_outputs:
+                        for db in kept.values():
+                            shutil.rmtree(db.parent, ignore_errors=True)
+                    kept.clear()
+                    write_reports(results, a, final=False)
         if "fs2sql" in tools:
             cli = {}
             for flag in ("--help", "--version"):

@@ -189,8 +189,13 @@ class Dumper:
     def traces(self, exp_ids):
         out = []
         for exp_id in exp_ids:
-            traces = _paged(lambda t: self.client.search_traces(
-                experiment_ids=[exp_id], max_results=PAGE, page_token=t))
+            try:
+                traces = _paged(lambda t: self.client.search_traces(
+                    experiment_ids=[exp_id], max_results=PAGE, page_token=t))
+            except Exception as exc:  # noqa: BLE001 - one unreadable trace fails the search
+                self.unsupported[f"traces[experiment_id={exp_id}]"] = \
+                    f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                continue
             for trace in traces:
                 out.append(self.trace(trace))
         return sorted(out, key=lambda t: t["trace_id"])
@@ -221,7 +226,8 @@ class Dumper:
         out = []
         for m in models:
             d = canon(m)
-            d["latest_versions"] = sort_list(d.get("latest_versions") or [])
+            d["latest_versions"] = sorted(d.get("latest_versions") or [],
+                                          key=lambda v: int(v.get("version") or 0))
             d["versions"] = self.versions(m.name)
             out.append(d)
         return sorted(out, key=lambda m: m["name"])
@@ -258,19 +264,28 @@ class Dumper:
         if hasattr(self.registry, "search_prompts"):
             names = [p.name for p in _paged(lambda t: self.registry.search_prompts(
                 max_results=PAGE, page_token=t))]
-        else:  # 2.x: prompts are registered models tagged mlflow.prompt.is_prompt
-            names = [m["name"] for m in self.out.get("registered_models", [])
-                     if (m.get("tags") or {}).get("mlflow.prompt.is_prompt") == "true"]
+            models = {}
+        else:  # 2.2x: registered models tagged mlflow.prompt.is_prompt, hidden by default
+            found = _paged(lambda t: self.registry.search_registered_models(
+                filter_string="tag.`mlflow.prompt.is_prompt` = 'true'", max_results=PAGE,
+                order_by=None, page_token=t))
+            models = {m.name: m for m in found}
+            names = list(models)
         out = []
         for name in sorted(names):
             entry = {"name": name, "versions": []}
             if hasattr(self.registry, "get_prompt"):
                 entry["prompt"] = canon(self.registry.get_prompt(name))
+            else:
+                entry["prompt"] = canon(models[name])
             misses, number = 0, 0
             while misses < 2:  # versions are numbered from 1; deleted ones leave gaps
                 number += 1
                 try:
-                    entry["versions"].append(canon(load(name, version=number)))
+                    version = canon(load(name, version=number))
+                    if isinstance(version.get("variables"), list):  # built from a set
+                        version["variables"] = sorted(version["variables"])
+                    entry["versions"].append(version)
                     misses = 0
                 except Exception:  # noqa: BLE001 - no such version
                     misses += 1

@@ -1,5 +1,6 @@
 """Traces and assessments (kinds/traces.py) on tiny literal stores."""
 
+import datetime
 import json
 import sqlite3
 
@@ -116,14 +117,14 @@ def test_round_trip_every_field(tmp_path):
     got = rows(out, "SELECT * FROM assessments ORDER BY assessment_id")
     cols = [c for (_, c, *_rest) in rows(out, "PRAGMA table_info(assessments)")]
     a1, a2, a3 = (dict(zip(cols, r)) for r in got)
-    assert a1 == dict(
-        assessment_id="a-1", trace_id=V3_ID, name="quality", assessment_type="feedback",
-        value="5.0", error=None, created_timestamp=1718007200144,
-        last_updated_timestamp=1718007200144, source_type="HUMAN",
-        source_id="alice@example.com", run_id=None, span_id="3a2b1c0d9e8f7a6b",
-        rationale="better", overrides=None, valid=0, assessment_metadata='{"reviewer": "bob"}',
-        experiment_id=int(EXP), trace_timestamp_ms=1718007200110, aggregate_value=5.0,
-        is_numeric_value=1)
+    assert a1 == {
+        "assessment_id": "a-1", "trace_id": V3_ID, "name": "quality",
+        "assessment_type": "feedback", "value": "5.0", "error": None,
+        "created_timestamp": 1718007200144, "last_updated_timestamp": 1718007200144,
+        "source_type": "HUMAN", "source_id": "alice@example.com", "run_id": None,
+        "span_id": "3a2b1c0d9e8f7a6b", "rationale": "better", "overrides": None, "valid": 0,
+        "assessment_metadata": '{"reviewer": "bob"}', "experiment_id": int(EXP),
+        "trace_timestamp_ms": 1718007200110, "aggregate_value": 5.0, "is_numeric_value": 1}
     assert (a2["assessment_type"], a2["value"], a2["overrides"], a2["source_type"],
             a2["source_id"], a2["created_timestamp"], a2["aggregate_value"], a2["valid"]) == (
         "expectation", '{"answer": 6}', "a-1", "HUMAN", "default", 1718007200500, None, 1)
@@ -199,8 +200,8 @@ def test_parse_timestamp_rejects(text):
         traces.parse_timestamp(text)
 
 
-@given(st.datetimes(min_value=__import__("datetime").datetime(1, 1, 2),
-                    max_value=__import__("datetime").datetime(9999, 12, 30)),
+@given(st.datetimes(min_value=datetime.datetime(1, 1, 2),
+                    max_value=datetime.datetime(9999, 12, 30)),
        st.integers(0, 999_999_999), st.sampled_from([0, 1, 3, 6, 9]),
        st.sampled_from(["Z", "+00:00", "+05:30", "-11:00"]))
 def test_parse_timestamp_agrees_with_protobuf(when, nanos, digits, zone):
@@ -369,3 +370,13 @@ def test_verify_reports_damage_in_trace_tables(tmp_path, sql, fragment):
     report = verify(str(store), str(out))
     assert not report.ok
     assert any(fragment in m and "Trace " in m for m in report.mismatches), report.mismatches
+
+
+def test_tables_follow_their_parents():
+    from mlflow_fs2sql.rows import table_order
+
+    order = table_order()
+    at = {t: order.index(t) for t in ("experiments", "trace_info", "trace_tags",
+                                      "trace_request_metadata", "assessments")}
+    assert at["experiments"] < at["trace_info"] < at["trace_tags"] < \
+        at["trace_request_metadata"] < at["assessments"]

@@ -118,7 +118,8 @@ class _Seen:
         self.assessments: Dict[str, str] = {}
 
 
-_SEEN: "weakref.WeakKeyDictionary[_walk.Walk, _Seen]" = weakref.WeakKeyDictionary()
+# Per walk, so that a fresh Walk (verify) starts clean.
+_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def walk_traces(walk: _walk.Walk, experiment: Experiment, folder: str):

@@ -74,7 +74,7 @@ def query(db, sql):
 
 
 def test_dataset_and_input_rows(tmp_path):
-    store, did = store_with_dataset(tmp_path)
+    store, _did = store_with_dataset(tmp_path)
     found = entities(store)
     run = [e for e in found if type(e).__name__ == "Run"][0]
     (ds,) = [e for e in found if isinstance(e, Dataset)]
@@ -106,7 +106,7 @@ def test_ids_are_deterministic_and_include_the_experiment(tmp_path):
     assert dataset_uuid(1, "ab", "c") != dataset_uuid(1, "a", "bc")
     store, _ = store_with_dataset(tmp_path)
     one = migrate(str(store), str(tmp_path / "1.db"))
-    two = migrate(str(store), str(tmp_path / "2.db"))
+    migrate(str(store), str(tmp_path / "2.db"))
     assert one.written["inputs"] == 1
     for table in ("datasets", "inputs", "input_tags"):
         sql = f"SELECT * FROM {table} ORDER BY 1, 2, 3"
@@ -131,7 +131,7 @@ def test_yaml_name_and_digest_decide_not_the_folder_name(tmp_path):
 
 def test_missing_dataset_folder_is_reported_and_the_run_migrated(tmp_path):
     # MLflow's FileStore: "Failed to find dataset ... Skipping." -- the run is shown without it.
-    store, did = store_with_dataset(tmp_path)
+    store, _did = store_with_dataset(tmp_path)
     other = "f" * 32
     write_files(store, {f"{EID}/{RID}/inputs/{md5(other, RID)}/meta.yaml": input_yaml(other)})
     out = str(tmp_path / "o.db")
@@ -144,7 +144,7 @@ def test_missing_dataset_folder_is_reported_and_the_run_migrated(tmp_path):
 
 
 def test_no_datasets_folder_at_all(tmp_path):
-    store, did = store_with_dataset(tmp_path)
+    store, _did = store_with_dataset(tmp_path)
     import shutil
 
     shutil.rmtree(store / EID / "datasets")
@@ -210,7 +210,7 @@ def test_input_tag_values_are_text_and_null_is_invalid(tmp_path):
 
 
 def test_unknown_source_type_is_invalid_and_run_vertex_reported(tmp_path):
-    store, did = store_with_dataset(tmp_path, extra={
+    store, _did = store_with_dataset(tmp_path, extra={
         f"{EID}/{RID}/inputs/{'9' * 32}/meta.yaml": input_yaml("x", source_type="TABLE")})
     with pytest.raises(InvalidSource, match="source_type"):
         entities(store)
@@ -222,7 +222,7 @@ def test_unknown_source_type_is_invalid_and_run_vertex_reported(tmp_path):
 
 
 def test_same_dataset_twice_in_one_run_is_kept_once(tmp_path):
-    store, did = store_with_dataset(tmp_path)
+    store, _did = store_with_dataset(tmp_path)
     copy = "0" * 32
     write_files(store, {f"{EID}/datasets/{copy}/meta.yaml": dataset_yaml(),
                         f"{EID}/{RID}/inputs/{'1' * 32}/meta.yaml": input_yaml(copy)})

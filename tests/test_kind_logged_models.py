@@ -108,8 +108,8 @@ def test_logged_model_rows_and_links(tmp_path):
     run = [e for e in found if type(e).__name__ == "Run"][0]
     (model,) = [e for e in found if isinstance(e, LoggedModel)]
     rows = rows_for(model)
-    assert rows["logged_models"] == [(MID, int(EID), "my-model", f"file:///m/{EID}/models/{MID}"
-                                      "/artifacts", 1718000000300, 1718000000900, 2, "active",
+    assert rows["logged_models"] == [(MID, int(EID), "my-model",
+                                      f"file:///m/{EID}/models/{MID}/artifacts", 1718000000300, 1718000000900, 2, "active",
                                       "agent", RID, None)]
     assert rows["logged_model_params"] == [(MID, int(EID), "lr", "0.1")]
     assert rows["logged_model_tags"] == [(MID, int(EID), "team/owner", "ålice")]

@@ -98,7 +98,7 @@ def _dump(uri: str, tmp) -> dict:
 
     script, out = tmp / "dump.py", tmp / "dump.json"
     script.write_text(DUMP, encoding="utf-8")
-    proc = subprocess.run([str(ensure_venv(READER)), str(script), uri, str(out)], cwd=tmp,
+    proc = subprocess.run([str(ensure_venv(READER)), str(script), uri, str(out)], cwd=tmp, check=False,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8"))
@@ -200,7 +200,8 @@ def test_verify_fails_on_a_changed_value(migrated, tmp_path):
     con.commit()
     con.close()
     cli = os.path.join(os.path.dirname(sys.executable), "fs2sql")
-    proc = subprocess.run([cli, "verify", str(source), str(damaged)], capture_output=True,
+    proc = subprocess.run([cli, "verify", str(source), str(damaged)], check=False,
+                          capture_output=True,
                           text=True, env=dict(os.environ, COLUMNS="200"))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]

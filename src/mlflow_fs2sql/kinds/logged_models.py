@@ -219,8 +219,12 @@ def read_logged_model(walk, experiment: Experiment, model_dir: str) -> LoggedMod
     lifecycle = meta.get("lifecycle_stage") or "active"
     if lifecycle not in LIFECYCLE:
         raise bad(f"field 'lifecycle_stage' is {lifecycle!r}; MLflow knows active and deleted.")
-    text = lambda key: field_str(meta, key, meta_path, KIND, mid)  # noqa: E731
-    number = lambda key: field_int(meta, key, meta_path, KIND, mid)  # noqa: E731
+    def text(key):
+        return field_str(meta, key, meta_path, KIND, mid)
+
+    def number(key):
+        return field_int(meta, key, meta_path, KIND, mid)
+
     metrics, identical, colliding = read_model_metrics(walk, model_dir, mid)
     return LoggedModel(
         model_id=mid,

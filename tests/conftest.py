@@ -105,3 +105,28 @@ def fixture_store(version: str, size: str) -> Path:
     from fixtures_gen.build import ensure_store
 
     return Path(ensure_store(version, size))
+
+
+_ORACLE_CACHE: dict = {}
+ORACLE_READER = "3.17.2"  # the MLflow whose FileStore and SqlAlchemyStore are compared
+
+
+def oracle_pair(writer_version: str, size: str = "full"):
+    """(FileStore dump, SQL dump of fs2sql's DB, DB path, mlruns path) through MLflow's own
+    stores, once per session: migration by fs2sql, reading by full MLflow ``ORACLE_READER``."""
+    key = (writer_version, size)
+    if key not in _ORACLE_CACHE:
+        import tempfile
+
+        from fixtures_gen.oracle import dump
+
+        from mlflow_fs2sql.migrate import migrate, verify
+
+        store = fixture_store(writer_version, size)
+        db = Path(tempfile.mkdtemp(prefix="fs2sql-oracle-")) / "out.db"
+        migrate(str(store), str(db))
+        assert verify(str(store), str(db)).ok
+        fs = dump(ORACLE_READER, store.as_uri())
+        sql = dump(ORACLE_READER, f"sqlite:///{db}")
+        _ORACLE_CACHE[key] = (fs, sql, db, store)
+    return _ORACLE_CACHE[key]

@@ -204,7 +204,9 @@ def test_registry_as_mlflow_sees_it(version, migrated, tmp_path):
 
     fs_copy = tmp_path / "fs" / "mlruns"
     shutil.copytree(src, fs_copy)
-    os.system(f"chmod -R u+w {fs_copy}")
+    for dirpath, _, files in os.walk(fs_copy):  # fixture stores are read-only; MLflow writes
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o644)
     db_copy = tmp_path / "copy.db"
     shutil.copyfile(out, db_copy)
     (tmp_path / "a").mkdir()

@@ -127,7 +127,7 @@ def _record_walk(report: Report, walk: Walk) -> None:
         report.notes.append(
             f"{walk.duplicate_metric_lines} identical metric lines were kept once, as MLflow's "
             "SQL store keeps them.")
-    for template, n in getattr(walk, "notes", {}).items():  # counts from kinds/*.py
+    for template, n in walk.notes.items():  # counts from kinds/*.py
         report.notes.append(template.format(n=n))
     if walk.running_runs:
         report.warnings.append(

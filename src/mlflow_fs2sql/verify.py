@@ -24,6 +24,9 @@ ROW_LABEL = {
     "tags": ("tag", ("key",)),
     "metrics": ("metric", ("key", "step", "timestamp", "value")),
     "latest_metrics": ("latest metric", ("key",)),
+    "trace_tags": ("tag", ("key",)),
+    "trace_request_metadata": ("metadata", ("key",)),
+    "assessments": ("assessment", ("assessment_id",)),
 }
 # MLflow's server adds experiment 0 "Default" when it first opens a database without it.
 _SERVER_DEFAULT = ("experiments", (0,))

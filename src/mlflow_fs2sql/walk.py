@@ -109,6 +109,7 @@ class Walk:
         self.skipped: List[Skipped] = []
         self.ignored: List[str] = []  # junk files and stray folders, listed in the report
         self.not_migrated: Dict[str, List[str]] = {}  # kind -> paths fs2sql does not carry yet
+        self.notes: Dict[str, int] = {}  # report note template ("{n} ...") -> count, from kinds
         self.duplicate_metric_lines = 0
         self.running_runs = 0
         self._experiment_names: Dict[str, str] = {}
@@ -161,6 +162,7 @@ class Walk:
     def __iter__(self) -> Iterator[Entity]:
         self.ignored.clear()
         self.not_migrated.clear()
+        self.notes.clear()
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
             try:
@@ -173,6 +175,11 @@ class Walk:
                         Skipped("run", os.path.basename(run_path), run_path,
                                 f"its experiment {exp_dir.dir_name} was skipped")
                     )
+                for sub in EXPERIMENT_WALKERS:  # traces, datasets, logged models
+                    folder = os.path.join(exp_dir.path, sub)
+                    if os.path.isdir(folder):
+                        self.skipped.append(Skipped(sub, "*", folder, f"its experiment "
+                                                    f"{exp_dir.dir_name} was skipped"))
                 continue
             seen_ids.add(exp_dir.dir_name)
             yield experiment
@@ -214,6 +221,10 @@ class Walk:
                 self._skip_or_raise(exc, exc.kind, exc.entity_id)
                 continue
             yield entity
+
+    def has_run(self, run_id: str) -> bool:
+        """Was this run yielded (migrated) so far in this walk?"""
+        return run_id in self._run_ids
 
     def _skip_or_raise(self, exc: InvalidSource, kind: str, entity_id: str) -> None:
         if not self.skip_invalid:

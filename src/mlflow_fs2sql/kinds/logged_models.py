@@ -119,7 +119,7 @@ def add_note(walk, template: str, n: int) -> None:
     """Count something for the report's notes (``walk.notes``: template -> count; the report
     shows ``template.format(n=count)``)."""
     if n:
-        notes = walk.__dict__.setdefault("notes", {})
+        notes = walk.notes
         notes[template] = notes.get(template, 0) + n
 
 
@@ -268,7 +268,7 @@ def read_model_metrics(walk, model_dir: str, mid: str):
     identical = colliding = 0
     for name, path in sorted(walk_key_files(os.path.join(model_dir, "metrics"), walk.ignored)):
         for row in parse_model_metric_lines(read_bytes(path, KIND, mid), name, path, mid):
-            if row[4] not in walk._run_ids:
+            if not walk.has_run(row[4]):
                 raise InvalidSource(
                     f"has a line logged by run {row[4]}, which is not migrated (it is not in the "
                     "store, or it was skipped as invalid); MLflow's logged_model_metrics.run_id "

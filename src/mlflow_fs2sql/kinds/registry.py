@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Iterator, Optional, Set, Tuple
+from typing import ClassVar
 
 from .. import rows, walk
 from ..errors import InvalidSource
@@ -80,9 +81,9 @@ ALIASES = "aliases"
 
 # See the module docstring: MLflow's SQL store redacts deleted versions, fs2sql keeps the values.
 REDACT_DELETED_VERSIONS = False
-_REDACTED = dict(description=None, user_id=None, status_message=None,
-                 source="REDACTED-SOURCE-PATH", run_id="REDACTED-RUN-ID",
-                 run_link="REDACTED-RUN-LINK")
+_REDACTED = {"description": None, "user_id": None, "status_message": None,
+             "source": "REDACTED-SOURCE-PATH", "run_id": "REDACTED-RUN-ID",
+             "run_link": "REDACTED-RUN-LINK"}
 
 _ALIAS_VERSION = re.compile(r"^\s*([0-9]+)\s*$")
 _WORKSPACE = (("workspace", "default"),)
@@ -92,10 +93,10 @@ _WORKSPACE = (("workspace", "default"),)
 class RegisteredModel:
     KIND: ClassVar[str] = MODEL
     name: str
-    creation_time: Optional[int]
-    last_updated_time: Optional[int]
-    description: Optional[str]
-    tags: Tuple[KeyValue, ...]
+    creation_time: int | None
+    last_updated_time: int | None
+    description: str | None
+    tags: tuple[KeyValue, ...]
     path: str
 
     @property
@@ -108,18 +109,18 @@ class ModelVersion:
     KIND: ClassVar[str] = VERSION
     name: str
     version: int
-    creation_time: Optional[int]
-    last_updated_time: Optional[int]
-    description: Optional[str]
-    user_id: Optional[str]
-    current_stage: Optional[str]
-    source: Optional[str]
-    storage_location: Optional[str]
-    run_id: Optional[str]
-    run_link: Optional[str]
-    status: Optional[str]
-    status_message: Optional[str]
-    tags: Tuple[KeyValue, ...]
+    creation_time: int | None
+    last_updated_time: int | None
+    description: str | None
+    user_id: str | None
+    current_stage: str | None
+    source: str | None
+    storage_location: str | None
+    run_id: str | None
+    run_link: str | None
+    status: str | None
+    status_message: str | None
+    tags: tuple[KeyValue, ...]
     path: str
 
     @property
@@ -187,19 +188,15 @@ def read_version(model: str, version_dir: str, ignored) -> ModelVersion:
     if name != model:
         raise bad(f"says name {name!r} but lies in registered model folder {model!r}.")
 
-    def text(key: str) -> Optional[str]:
+    def text(key: str) -> str | None:
         return field_str(meta, key, meta_path, VERSION, ident)
 
-    def number_field(key: str) -> Optional[int]:
+    def number_field(key: str) -> int | None:
         return field_int(meta, key, meta_path, VERSION, ident)
 
-    fields = dict(
-        description=text("description"), user_id=text("user_id"),
-        current_stage=text("current_stage"), source=text("source"),
-        storage_location=text("storage_location"), run_id=text("run_id"),
-        run_link=text("run_link"), status=text("status"),
-        status_message=text("status_message"),
-    )
+    fields = {key: text(key) for key in (
+        "description", "user_id", "current_stage", "source", "storage_location", "run_id",
+        "run_link", "status", "status_message")}
     if REDACT_DELETED_VERSIONS and fields["current_stage"] == STAGE_DELETED_INTERNAL:
         fields.update(_REDACTED)
     return ModelVersion(
@@ -226,7 +223,7 @@ def read_alias(model: str, alias: str, path: str) -> ModelAlias:
     return ModelAlias(name=model, alias=alias, version=int(match.group(1)), path=path)
 
 
-def _alias_target_error(a: ModelAlias, versions: Dict[int, ModelVersion]) -> Optional[str]:
+def _alias_target_error(a: ModelAlias, versions: dict[int, ModelVersion]) -> str | None:
     """Why an alias cannot be kept (``None``: it points to a live version)."""
     target = versions.get(a.version)
     if target is None:
@@ -258,14 +255,14 @@ def _version_dirs(model_dir: str, ignored) -> list:
     return sorted(found, key=order)
 
 
-def _checked(w, read) -> object:
-    """The entity ``read()`` returns, already checked against the target, or its InvalidSource.
+def _checked(w, read, *args) -> object:
+    """The entity ``read(*args)`` returns, already checked against the target, or its InvalidSource.
 
     Checked here (``Walk._checked`` checks again) so the walker knows which models and versions
     go in and can leave out what depends on a skipped one.
     """
     try:
-        entity = read()
+        entity = read(*args)
         w.check(entity)
         return entity
     except InvalidSource as exc:
@@ -281,7 +278,7 @@ def walk_registry(w, folder: str) -> Iterator[object]:
         model_name = entry.name
         version_dirs = _version_dirs(entry.path, ignored)
         alias_files = sorted(walk_key_files(os.path.join(entry.path, ALIASES), ignored))
-        model = _checked(w, lambda: read_model(entry.path, ignored))
+        model = _checked(w, read_model, entry.path, ignored)
         if isinstance(model, InvalidSource):
             yield model  # strict mode stops here
             reason = f"its registered model {model_name} was skipped"
@@ -292,10 +289,10 @@ def walk_registry(w, folder: str) -> Iterator[object]:
                 w.skipped.append(Skipped(ALIAS, f"{model_name}@{alias}", path, reason))
             continue
         yield model
-        versions: Dict[int, ModelVersion] = {}
-        skipped: Set[int] = set()
+        versions: dict[int, ModelVersion] = {}
+        skipped: set[int] = set()
         for vdir in version_dirs:
-            version = _checked(w, lambda: read_version(model_name, vdir, ignored))
+            version = _checked(w, read_version, model_name, vdir, ignored)
             if isinstance(version, InvalidSource):
                 suffix = os.path.basename(vdir)[len(VERSION_PREFIX):]
                 if suffix.isdigit():
@@ -305,7 +302,7 @@ def walk_registry(w, folder: str) -> Iterator[object]:
             versions[version.version] = version
             yield version
         for alias, path in alias_files:
-            entity = _checked(w, lambda: read_alias(model_name, alias, path))
+            entity = _checked(w, read_alias, model_name, alias, path)
             if isinstance(entity, ModelAlias):
                 if entity.version in skipped:
                     w.skipped.append(Skipped(ALIAS, entity.identity, path,

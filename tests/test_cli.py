@@ -175,3 +175,12 @@ def test_sigint_is_exit_130_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130
     assert "Interrupted" in err and "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["mlruns"]
+
+
+def test_example_store_migrates_and_verifies(tmp_path):
+    out = tmp_path / "demo.db"
+    result = runner.invoke(app, ["migrate", "--example", str(out), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "Verified" in result.output
+    assert runner.invoke(app, ["verify", "--example", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["migrate", "--example"]).exit_code == 2

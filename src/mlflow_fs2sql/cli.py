@@ -41,10 +41,15 @@ def _main(
     """fs2sql: migrate an MLflow FileStore into SQLite with MLflow's own schema."""
 
 
-SourceArg = Annotated[str, typer.Argument(
-    help="The mlruns folder (or the folder that contains it).", show_default=False)]
-TargetArg = Annotated[str, typer.Argument(
-    help="The database: a file path (out.db) or an sqlite:/// URI.", show_default=False)]
+SourceArg = Annotated[Optional[str], typer.Argument(
+    help="The mlruns folder (or the folder that contains it).", show_default=False,
+    metavar="SOURCE")]
+TargetArg = Annotated[Optional[str], typer.Argument(
+    help="The database: a file path (out.db) or an sqlite:/// URI.", show_default=False,
+    metavar="TARGET")]
+ExampleOpt = Annotated[bool, typer.Option(
+    "--example", help="Use the small sample store shipped with fs2sql as SOURCE (then give only "
+    "TARGET): try fs2sql before pointing it at your own mlruns.")]
 JsonOpt = Annotated[Optional[str], typer.Option(
     "--json", metavar="FILE", help="Also write the report as JSON to FILE ('-' for stdout).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no report "
@@ -57,8 +62,8 @@ SkipOpt = Annotated[bool, typer.Option(
 
 @app.command()
 def migrate(
-    source: SourceArg,
-    target: TargetArg,
+    source: SourceArg = None,
+    target: TargetArg = None,
     verify: Annotated[bool, typer.Option(
         "--verify", help="Compare the result with the source before publishing it.")] = False,
     dry_run: Annotated[bool, typer.Option(
@@ -66,6 +71,7 @@ def migrate(
     force: Annotated[bool, typer.Option(
         "--force", "-f", help="Replace an existing target file without asking.")] = False,
     skip_invalid: SkipOpt = False,
+    example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     json_file: JsonOpt = None,
@@ -73,6 +79,8 @@ def migrate(
     """Migrate SOURCE (an MLflow FileStore) into TARGET (a new SQLite database)."""
     from .migrate import MigrateOptions
     from .migrate import migrate as run_migrate
+
+    source, target = _source_and_target(source, target, example)
 
     def run(progress):
         overwrite = force or _confirm_replace(target)
@@ -85,9 +93,10 @@ def migrate(
 
 @app.command()
 def verify(
-    source: SourceArg,
-    target: TargetArg,
+    source: SourceArg = None,
+    target: TargetArg = None,
     skip_invalid: SkipOpt = False,
+    example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     json_file: JsonOpt = None,
@@ -95,9 +104,24 @@ def verify(
     """Compare SOURCE with TARGET field by field; exit 3 if anything differs."""
     from .migrate import verify as run_verify
 
+    source, target = _source_and_target(source, target, example)
+
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
                                      progress=progress),
          quiet=quiet, verbose=verbose, json_file=json_file)
+
+
+def _source_and_target(source, target, example):
+    if example:
+        if target is not None or source is None:
+            raise typer.BadParameter("with --example give only TARGET", param_hint="TARGET")
+        from pathlib import Path
+
+        return str(Path(__file__).with_name("data") / "example-mlruns"), source
+    if source is None or target is None:
+        raise typer.BadParameter("SOURCE and TARGET are both required (or --example TARGET)",
+                                 param_hint="SOURCE TARGET")
+    return source, target
 
 
 def _confirm_replace(target: str) -> bool:

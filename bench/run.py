@@ -321,6 +321,7 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
         "tree_rss_sampled_mb": round(sampler.peak_kb / 1024, 1),
         "peak_rss_mb": round(max(maxrss_kb, sampler.peak_kb) / 1024, 1),
         "max_processes": sampler.max_procs,
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "user_s": round(ru.ru_utime, 2),
         "sys_s": round(ru.ru_stime, 2),
     }
@@ -435,6 +436,14 @@ def fmt_s(x):
     return "-" if x is None else (f"{x:.2f} s" if x < 10 else f"{x:.1f} s")
 
 
+def fmt_range(t):
+    lo, hi = t.get("min_wall_s"), t.get("max_wall_s")
+    if lo is None or hi is None or t.get("ok_runs", 0) < 2:
+        return ""
+    f = (lambda x: f"{x:.2f}") if hi < 10 else (lambda x: f"{x:.0f}")
+    return f" ({f(lo)}-{f(hi)})"
+
+
 def fmt_mb(x):
     return "-" if x is None else f"{x:.0f} MB"
 
@@ -452,6 +461,8 @@ def summarize(results: dict) -> list[dict]:
             by_tool[tool] = {
                 "wall": median([r["wall_s"] for r in ok]),
                 "cpu": median([r["user_s"] + r["sys_s"] for r in ok]),
+                "min": min([r["wall_s"] for r in ok], default=None),
+                "max": max([r["wall_s"] for r in ok], default=None),
                 "rss": max([r["peak_rss_mb"] for r in ok], default=None),
                 "n": len(ok), "failed": len(runs) - len(ok),
             }
@@ -464,6 +475,7 @@ def summarize(results: dict) -> list[dict]:
                 "tool": tool, "label": TOOL_LABEL[tool], "runs": size["counts"]["runs"],
                 "points": size["counts"]["metrics"], "median_wall_s": t["wall"],
                 "median_cpu_s": round(t["cpu"], 2) if t["cpu"] is not None else None,
+                "min_wall_s": t["min"], "max_wall_s": t["max"],
                 "peak_rss_mb": t["rss"], "ok_runs": t["n"], "failed_runs": t["failed"],
             })
             size.setdefault("summary", {})[tool] = rows[-1]
@@ -482,7 +494,7 @@ def size_label(points: int) -> str:
 
 
 def table_lines(results: dict, markdown: bool) -> list[str]:
-    hdr = ["tool", "store (runs / points)", "median wall", "peak RSS", "CPU (user+sys)",
+    hdr = ["tool", "store (runs / points)", "median wall (min-max)", "peak RSS", "CPU (user+sys)",
            "wall fs2sql/upstream", "wall fs2sql/floor", "RSS fs2sql/upstream",
            "RSS fs2sql/floor"]
     body = []
@@ -499,7 +511,8 @@ def table_lines(results: dict, markdown: bool) -> list[str]:
             body.append([
                 t["label"] + fail,
                 f"{t['runs']:,} / {t['points']:,}",
-                fmt_s(t["median_wall_s"]), fmt_mb(t["peak_rss_mb"]), fmt_s(t["median_cpu_s"]),
+                fmt_s(t["median_wall_s"]) + fmt_range(t), fmt_mb(t["peak_rss_mb"]),
+                fmt_s(t["median_cpu_s"]),
                 fmt_ratio(f and f["median_wall_s"], up and up["median_wall_s"]) if is_f else "",
                 fmt_ratio(f and f["median_wall_s"], fl and fl["median_wall_s"]) if is_f else "",
                 fmt_ratio(f and f["peak_rss_mb"], up and up["peak_rss_mb"]) if is_f else "",
@@ -564,7 +577,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Python {m['python_bench_driver']} (driver), {results['venv_python']} (MLflow "
         f"{MLFLOW_VERSION} venv: upstream and floor); SQLite {m['sqlite']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}.", "",
-        f"{results['rounds']} rounds per size, tools alternating; median wall time, peak RSS = "
+        f"{results['rounds']} round(s) per size, tools alternating; median wall time, peak RSS = "
         f"max over runs of the process tree's peak resident memory; CPU = median user+sys "
         f"time of the process tree (less sensitive to other load on the machine than wall "
         f"time). Load average at the end: {m.get('loadavg_end', [0])[0]:.2f}.", "",

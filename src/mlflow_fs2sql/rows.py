@@ -76,6 +76,18 @@ def table_order() -> Tuple[str, ...]:
 Rows = Dict[str, Sequence[tuple]]
 
 
+# An optional rewrite of every entity's rows: fn(entity, rows) -> rows. ``ids.applied`` installs
+# one for ``--experiment-ids renumber`` (new experiment IDs); the writer, the size check and
+# ``verify`` all see the rewritten rows, and ``owner_value`` the rewritten owner keys.
+ROW_TRANSFORM: Optional[Callable[[object, "Rows"], "Rows"]] = None
+
+
+def owner_value(entity, column: str):
+    """The value of an owner column for ``entity`` as the target holds it."""
+    value = getattr(entity, column)
+    return value if ROW_TRANSFORM is None else ROW_TRANSFORM.owner(column, value)
+
+
 def rows_for(entity) -> Rows:
     """Every row an entity becomes, per table, in ``TableSpec.columns`` order (with the rows of
     entities attached to it, such as a run's inputs)."""
@@ -87,6 +99,8 @@ def rows_for(entity) -> Rows:
     for sub in getattr(entity, "attached", ()):
         for table, sub_rows in rows_for(sub).items():
             rows[table] = list(rows.get(table, ())) + list(sub_rows)
+    if ROW_TRANSFORM is not None:
+        rows = ROW_TRANSFORM(entity, rows)
     return rows
 
 

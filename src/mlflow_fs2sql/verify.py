@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import kinds  # noqa: F401  (registers every entity kind's tables)
 from .progress import NULL_PROGRESS, Progress
-from .rows import SPECS, TargetColumns, entity_identity, rows_for, table_order
+from .rows import SPECS, TargetColumns, entity_identity, owner_value, rows_for, table_order
 from .walk import Walk
 
 # How a child row is named in a message: the label and which columns identify it.
@@ -85,7 +85,7 @@ class Verifier:
                     bucket[self._key(table, row)] = row
                 continue
             # Rows are read by the entity's own key, so rows the source lacks show up too.
-            owner = {o: getattr(entity, o) for o in spec.owner}
+            owner = {o: owner_value(entity, o) for o in spec.owner}
             self._owners.setdefault(table, set()).add(tuple(owner.values()))
             actual = [_normal(tuple(r)) for r in self.conn.execute(stmt, owner)]
             self._compare(table, label, names, expected, actual)

@@ -244,12 +244,15 @@ def test_schema_before_v3_traces_uses_trace_status_names(tmp_path):
 
 
 def test_assessments_need_a_schema_with_their_table(tmp_path):
+    """A schema that cannot hold what the store has is refused with counts; nothing written."""
+    from mlflow_fs2sql.errors import SchemaError
+
     store = trace_store(tmp_path)
-    with pytest.raises(InvalidSource, match="no 'assessments' table"):
-        migrate(str(store), str(tmp_path / "a.db"), MigrateOptions(revision=REV_3_1))
-    report = migrate(str(store), str(tmp_path / "b.db"),
-                     MigrateOptions(revision=REV_3_1, skip_invalid=True, verify=True))
-    assert report.ok and [(s.kind, s.entity_id) for s in report.skipped] == [("trace", V3_ID)]
+    for skip in (False, True):
+        with pytest.raises(SchemaError, match=r"assessments: 3 rows"):
+            migrate(str(store), str(tmp_path / "a.db"),
+                    MigrateOptions(revision=REV_3_1, skip_invalid=skip))
+        assert not (tmp_path / "a.db").exists()
 
 
 # -- walking -----------------------------------------------------------------------------------

@@ -32,9 +32,15 @@ def _post(port, path, body):
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
 def test_mlflow_server_lists_the_migrated_runs(version, tmp_path):
     fs, _, db, _ = oracle_pair(version)
+    assert_server_lists_runs("3.17.2", db, fs, tmp_path)
+
+
+def assert_server_lists_runs(server_version, db, fs, tmp_path):
+    """Start full MLflow ``server_version``'s server on a copy of ``db``; every run of the
+    FileStore dump ``fs`` must come back from its REST API."""
     copy = tmp_path / "server.db"
     copy.write_bytes(db.read_bytes())
-    python = ensure_venv("3.17.2")
+    python = ensure_venv(server_version)
     port = _free_port()
     server = subprocess.Popen(
         [str(python.parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{copy}",

@@ -71,6 +71,10 @@ def migrate(
     force: Annotated[bool, typer.Option(
         "--force", "-f", help="Replace an existing target file without asking.")] = False,
     skip_invalid: SkipOpt = False,
+    mlflow_version: Annotated[Optional[str], typer.Option(
+        "--mlflow-version", metavar="X.Y[.Z]",
+        help="Make the schema of this MLflow release (the version your server runs), so it opens "
+        "the database without 'mlflow db upgrade'. Default: the newest fs2sql has.")] = None,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -85,7 +89,7 @@ def migrate(
     def run(progress):
         overwrite = force or _confirm_replace(target)
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
-                                 skip_invalid=skip_invalid)
+                                 skip_invalid=skip_invalid, mlflow_version=mlflow_version)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file)

@@ -10,10 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .errors import VerificationFailed
+from .errors import SchemaError, VerificationFailed
+from .releases import describe_releases
+from .schema import cached_schema_columns
 from .model import Run
 from .progress import NULL_PROGRESS, Progress
 from .report import Report
+from . import ids
 from . import kinds  # noqa: F401  (registers every entity kind)
 from .rows import rows_for, table_order
 from .targets import open_target
@@ -28,7 +31,9 @@ class MigrateOptions:
     overwrite: bool = False  # replace an existing target file (--force or a confirmed prompt)
     skip_invalid: bool = False
     revision: Optional[str] = None  # Alembic revision; None = head of the installed mlflow-skinny
+    mlflow_version: Optional[str] = None  # X.Y[.Z]: the revision that release shipped as head
     batch_rows: int = DEFAULT_BATCH_ROWS
+    experiment_ids: str = "keep"  # keep | renumber | widen: IDs vs 32-bit columns (ids.py)
 
 
 def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
@@ -41,17 +46,29 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
     options = options or MigrateOptions()
     started = time.perf_counter()
     root = locate_store(source)
-    tgt = open_target(target, overwrite=options.overwrite, revision=options.revision)
+    revision = options.revision
+    if options.mlflow_version:
+        revision = schema_revision_for(options.mlflow_version)
+    tgt = open_target(target, overwrite=options.overwrite, revision=revision)
     report = Report("migrate", source=root, target=tgt.display, dry_run=options.dry_run)
+    id_plan = ids.plan(root, options.experiment_ids, tgt)  # may refuse: nothing written yet
+    ids.record(report, id_plan)
     if not options.dry_run:
         tgt.prepare()
+    restore_rows = ids.install(id_plan.mapping)
     try:
-        conn = tgt.begin() if not options.dry_run else None
-        report.revision, report.mlflow_skinny_version = tgt.revision, tgt.mlflow_skinny_version
-        columns = tgt.columns() if conn is not None else None
-        walk = Walk(root, skip_invalid=options.skip_invalid,
-                    check=columns.check if columns is not None else None)
-        writer = Writer(tgt, columns, options.batch_rows) if columns is not None else None
+        if options.dry_run:  # check sizes against the same (cached) schema, write nothing
+            conn, columns, info = None, *cached_schema_columns(revision)
+            report.revision, report.mlflow_skinny_version = info.revision, \
+                info.mlflow_skinny_version
+        else:
+            conn = tgt.begin()
+            report.revision, report.mlflow_skinny_version = tgt.revision, \
+                tgt.mlflow_skinny_version
+            columns = tgt.columns()
+        report.opens_in = describe_releases(report.revision)
+        walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
+        writer = Writer(tgt, columns, options.batch_rows) if conn is not None else None
         progress.start("Migrating runs" if writer else "Reading runs", walk.count_runs())
         for entity in walk:
             rows = rows_for(entity)
@@ -62,6 +79,7 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
             if isinstance(entity, Run):
                 progress.advance()
         _record_walk(report, walk)
+        _refuse_unsupported(columns, report)
         if writer is None:
             return _finish(report, started, progress)
         writer.flush()
@@ -89,6 +107,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         progress.stop()
         tgt.abort()
         raise
+    finally:
+        restore_rows()
     return _finish(report, started, progress)
 
 
@@ -96,27 +116,66 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
            progress: Progress = NULL_PROGRESS) -> Report:
     """Compare the store at ``source`` with the database ``target``; never writes."""
     from .schema import read_target_columns
-    from .targets.sqlite import open_sqlite_readonly, sqlite_path
+    from .targets import connect_for_reading, open_for_reading
     from .verify import verify_walk
 
     started = time.perf_counter()
     root = locate_store(source)
-    engine = open_sqlite_readonly(target)
-    report = Report("verify", source=root, target=sqlite_path(target))
+    engine, display = open_for_reading(target)
+    report = Report("verify", source=root, target=display)
     try:
-        with engine.connect() as conn:
+        with connect_for_reading(target, engine) as conn:
             columns = read_target_columns(conn)
             report.revision = conn.exec_driver_sql(
                 "SELECT version_num FROM alembic_version").scalar() or ""
+            id_plan = ids.plan_from_db(conn, root)  # renumbered experiments pair by source ID
+            ids.record(report, id_plan)
             walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)
             progress.start("Verifying runs", walk.count_runs())
-            verifier = verify_walk(walk, conn, columns, progress)
+            with ids.applied(id_plan.mapping):
+                verifier = verify_walk(walk, conn, columns, progress)
             _record_walk(report, walk)
             report.found = dict(verifier.expected_total)
             _record_verify(report, verifier)
     finally:
         engine.dispose()
     return _finish(report, started, progress)
+
+
+def schema_revision_for(mlflow_version: str) -> str:
+    """The Alembic revision MLflow ``mlflow_version`` needs, checked against the installed
+    mlflow-skinny's migration scripts (it can only build revisions it ships)."""
+    from .releases import revision_for, table
+    from .schema import mlflow_skinny_version
+
+    revision, release = revision_for(mlflow_version)
+    first = table()["revisions"].get(revision, {}).get("first_release")
+    installed = mlflow_skinny_version()
+
+    def key(v):
+        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+    if first and key(first) > key(installed):
+        raise SchemaError(
+            f"MLflow {release} needs the schema revision {revision}, which fs2sql's "
+            f"mlflow-skinny {installed} does not ship (it first came with MLflow {first}).",
+            hint=f"Give fs2sql a newer mlflow-skinny: pipx inject fs2sql "
+            f"'mlflow-skinny=={release}' (or pip install it into fs2sql's environment).")
+    return revision
+
+
+def _refuse_unsupported(columns, report: Report) -> None:
+    """The chosen (older) schema has no place for some of the data: refuse, with counts."""
+    if not columns.unsupported:
+        return
+    listed = "; ".join(f"{name}: {n} {'values' if '.' in name else 'rows'}"
+                       for name, n in sorted(columns.unsupported.items()))
+    raise SchemaError(
+        f"The schema at revision {report.revision} ({report.opens_in or 'the chosen MLflow'}) "
+        f"cannot hold everything in the store, so nothing was written. Missing tables or "
+        f"columns, with what the store holds for them: {listed}.",
+        hint="Choose a newer --mlflow-version (the MLflow you will run), or leave it out to "
+        "use the newest schema fs2sql has.")
 
 
 def _record_walk(report: Report, walk: Walk) -> None:

@@ -36,6 +36,7 @@ class Report:
     dry_run: bool = False
     mlflow_skinny_version: str = ""
     revision: str = ""
+    opens_in: str = ""  # which MLflow releases open the result as it is
     found: Dict[str, int] = field(default_factory=dict)
     written: Optional[Dict[str, int]] = None
     verified: Optional[Dict[str, int]] = None
@@ -75,7 +76,8 @@ class Report:
             "dry_run": self.dry_run,
             "ok": self.ok,
             "exit_code": self.exit_code,
-            "schema": {"revision": self.revision, "mlflow_skinny": self.mlflow_skinny_version},
+            "schema": {"revision": self.revision, "mlflow_skinny": self.mlflow_skinny_version,
+                       "opens_in": self.opens_in},
             "kinds": [
                 {
                     "kind": label,
@@ -134,6 +136,10 @@ def render(report: Report, console) -> None:
         made_by = (f" (mlflow-skinny {report.mlflow_skinny_version})"
                    if report.mlflow_skinny_version else "")
         console.print(f"Schema: Alembic revision {report.revision}{made_by}")
+    if report.opens_in and report.command == "migrate":
+        console.print(f"Opens in: {report.opens_in} as it is; newer MLflow after `mlflow db "
+                      "upgrade`; for an older MLflow, migrate again with --mlflow-version X.Y",
+                      markup=False, soft_wrap=True)
     console.print(f"Elapsed: {report.elapsed_s:.2f} s{rate}")
     for note in report.notes:
         console.print(f"Note: {note}", markup=False, soft_wrap=True)

@@ -31,6 +31,8 @@ class TableSpec:
     constants: Tuple[Tuple[str, object], ...] = ()
     owner: Tuple[str, ...] = ()
     per_entity: bool = False
+    # Column values an older schema without that column loses nothing by (e.g. step 0).
+    defaults: Tuple[Tuple[str, object], ...] = ()
 
 
 _WORKSPACE = (("workspace", "default"),)
@@ -91,6 +93,9 @@ def owner_value(entity, column: str):
 def rows_for(entity) -> Rows:
     """Every row an entity becomes, per table, in ``TableSpec.columns`` order (with the rows of
     entities attached to it, such as a run's inputs)."""
+    global _LAST
+    if _LAST[0] is entity:  # the walk's check just built them; the writer asks again
+        return _LAST[1]
     try:
         builder = _BUILDERS[type(entity)]
     except KeyError:
@@ -101,7 +106,11 @@ def rows_for(entity) -> Rows:
             rows[table] = list(rows.get(table, ())) + list(sub_rows)
     if ROW_TRANSFORM is not None:
         rows = ROW_TRANSFORM(entity, rows)
+    _LAST = (entity, rows)
     return rows
+
+
+_LAST: Tuple[object, Rows] = (None, {})
 
 
 def _experiment_rows(e: Experiment) -> Rows:
@@ -157,6 +166,9 @@ class TargetColumns:
     def __init__(self, columns: Dict[str, Dict[str, Optional[int]]]):
         # table -> {column: max length or None}
         self.columns = columns
+        # What the source holds that this schema (an older MLflow's) has no place for:
+        # "table" or "table.column" -> number of rows/values. ``migrate`` refuses if non-empty.
+        self.unsupported: Dict[str, int] = {}
 
     def activate(self) -> "TargetColumns":
         """Make this the schema ``target_has`` answers for (see there)."""
@@ -177,19 +189,26 @@ class TargetColumns:
         return names + [c for c, _ in consts], projection, consts
 
     def check(self, entity) -> None:
-        """Raise ``InvalidSource`` if a value does not fit its column (never cut silently)."""
+        """Raise ``InvalidSource`` if a value does not fit its column (never cut silently);
+        count in ``unsupported`` what the schema has no table or column for."""
         kind, entity_id = entity_identity(entity)
         for table, rows in rows_for(entity).items():
-            if table == "metrics":
-                continue  # same strings as latest_metrics, checked there once per key
+            if table == "metrics" or not rows:
+                continue  # metrics: same strings as latest_metrics, checked there once per key
             if table not in self.columns:
-                if rows:
-                    raise InvalidSource(
-                        f"has {len(rows)} {table} rows, but the chosen MLflow schema has no "
-                        f"'{table}' table.", path=entity.path, kind=kind, entity_id=entity_id,
-                        hint="Choose a newer --mlflow-version, or run again with --skip-invalid.")
+                self.unsupported[table] = self.unsupported.get(table, 0) + len(rows)
                 continue
-            self._check_rows(self.columns[table], SPECS[table], rows, entity, kind, entity_id)
+            spec = SPECS[table]
+            have = self.columns[table]
+            defaults = dict(spec.defaults)
+            for i, column in enumerate(spec.columns):
+                if column not in have:
+                    default = defaults.get(column)
+                    n = sum(1 for row in rows if row[i] is not None and row[i] != default)
+                    if n:
+                        name = f"{table}.{column}"
+                        self.unsupported[name] = self.unsupported.get(name, 0) + n
+            self._check_rows(have, spec, rows, entity, kind, entity_id)
 
     @staticmethod
     def _check_rows(sizes, spec, rows: Iterable[tuple], entity, kind, entity_id) -> None:

@@ -164,3 +164,16 @@ def read_target_columns(conn):
             for c in insp.get_columns(table)
         }
     return TargetColumns(cols).activate()
+
+
+def cached_schema_columns(revision: Optional[str] = None):
+    """(TargetColumns, SchemaInfo) of the cached empty schema, read without writing anything."""
+    from sqlalchemy import create_engine
+
+    path, info = empty_sqlite_schema(revision)
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        with engine.connect() as conn:
+            return read_target_columns(conn), info
+    finally:
+        engine.dispose()

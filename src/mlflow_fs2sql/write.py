@@ -42,7 +42,10 @@ class Writer:
         for table, table_rows in rows.items():
             if not table_rows:
                 continue
-            _, getter, consts = self._plans[table]
+            plan = self._plans.get(table)
+            if plan is None:  # no such table in this schema: counted, refused after the walk
+                continue
+            _, getter, consts = plan
             buffer = self._buffers[table]
             if getter is None:
                 buffer.extend(table_rows)

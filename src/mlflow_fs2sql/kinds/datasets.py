@@ -257,7 +257,8 @@ register_tables(
 )
 register_tables(
     TableSpec("inputs", "Run inputs/outputs", INPUT_COLUMNS,
-              ("source_type", "source_id", "destination_type", "destination_id")),
+              ("source_type", "source_id", "destination_type", "destination_id"),
+              defaults=(("step", 0),)),  # schemas before 3.0 have no step: 0 loses nothing
     TableSpec("input_tags", "Input tags", ("input_uuid", "name", "value"), ("input_uuid", "name")),
     after="latest_metrics",
 )

@@ -22,7 +22,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from . import rows as _rows
 from .errors import SchemaError, TargetError
@@ -186,19 +186,50 @@ class Renumbering:
         return (key, ",".join(mapped)) + tuple(row[2:])
 
 
+def install(mapping: Dict[int, int]) -> Callable[[], None]:
+    """From now on rows (writer, size check, verify) follow ``mapping``; returns the undo."""
+    previous = _rows.ROW_TRANSFORM
+    _rows.ROW_TRANSFORM = Renumbering(mapping) if mapping else None
+
+    def restore() -> None:
+        _rows.ROW_TRANSFORM = previous
+
+    return restore
+
+
 @contextmanager
 def applied(mapping: Dict[int, int]) -> Iterator[None]:
-    """Rows (writer, check and verify) follow ``mapping`` inside the block."""
-    if not mapping:
-        yield
-        return
-    transform = Renumbering(mapping)
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = transform
+    """Rows follow ``mapping`` inside the block."""
+    restore = install(mapping)
     try:
         yield
     finally:
-        _rows.ROW_TRANSFORM = previous
+        restore()
+
+
+def record(report, plan: IdPlan) -> None:
+    """The plan in the report (notes and warnings, so also in --json)."""
+    if plan.mapping:
+        report.notes.append(
+            f"{len(plan.mapping)} experiments got new IDs to fit MLflow's 32-bit experiment_id "
+            "columns (--experiment-ids renumber; source ID → database ID): "
+            + "; ".join(plan.describe())
+            + f". Each keeps its source ID in the experiment tag {SOURCE_ID_TAG}; run, trace "
+            "and model IDs and artifact URIs are unchanged.")
+    if plan.policy == "widen":
+        report.warnings.append(
+            "Experiment IDs are kept exactly in BIGINT columns (--experiment-ids widen). "
+            "Upgrade this database for a newer MLflow ONLY with 'fs2sql upgrade-schema URL', "
+            "never with 'mlflow db upgrade' alone: MLflow's migrations add new 32-bit "
+            "experiment_id columns, after which logging models and feedback fails in large-ID "
+            "experiments and trace spans silently go to the artifact store.")
+
+
+def plan_from_db(conn, root: str) -> IdPlan:
+    """The plan a finished migration used, read back from the database (for ``verify``)."""
+    mapping = mapping_from_db(conn)
+    names = {e.experiment_id: e.name for e in scan_experiments(root)} if mapping else {}
+    return IdPlan("renumber" if mapping else "keep", mapping=mapping, names=names)
 
 
 def mapping_from_db(conn) -> Dict[int, int]:

@@ -14,6 +14,11 @@ class Target:
     display: str = ""
     revision: str = ""
     mlflow_skinny_version: str = ""
+    # Largest experiment ID the schema can hold (None: any 64-bit ID, as on SQLite). Servers
+    # declare MLflow's 32-bit columns; ``ids.py`` plans keep/renumber/widen against it.
+    experiment_id_limit: Optional[int] = None
+    can_widen: bool = False  # ``--experiment-ids widen`` possible (BIGINT columns)
+    widen: bool = False  # set before ``begin``: widen experiment ID columns in the new schema
 
     def prepare(self) -> None:
         """Check the target can be written, before any source file is read."""

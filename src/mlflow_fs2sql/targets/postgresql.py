@@ -1,0 +1,304 @@
+"""PostgreSQL: schema, widening and data in ONE transaction, rows streamed with COPY.
+
+PostgreSQL's DDL is transactional, so MLflow's migrations run on the load's own connection
+(``server.create_schema_in_transaction``) and nothing is committed before the last row is in
+and (with ``--verify``) compared. A failure, Ctrl-C or kill -9 at any moment -- the server rolls
+back a transaction whose client went away -- leaves the database exactly as it was. A
+transaction-scoped advisory lock keeps two fs2sql runs from loading the same database at once.
+
+Driver: psycopg 3. Its ``COPY ... FROM STDIN`` is the fastest path measured (1M metric rows with
+MLflow's primary key: COPY ~7 s, psycopg2 ``execute_values`` ~29 s, SQLAlchemy executemany
+~44 s), it is what SQLAlchemy 2.1 maps a plain ``postgresql://`` to, and it ships binary wheels
+(``psycopg[binary]``) so no compiler or libpq is needed. Other drivers named in the URL
+(``postgresql+psycopg2://``) work through the driver's executemany.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+from ..errors import TargetError
+from ..rows import TargetColumns
+from ..schema import mlflow_skinny_version, read_target_columns
+from .base import Target
+from .server import (
+    INT32_MAX,
+    TargetState,
+    connection_error,
+    create_schema_in_transaction,
+    inspect_state,
+    parse_server_url,
+    require_driver,
+    upgrade_in_transaction,
+)
+
+WIDENED_MARK = "fs2sql: experiment IDs widened to BIGINT"
+_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('fs2sql:' || current_database()))"
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PostgresTarget(Target):
+    experiment_id_limit = INT32_MAX
+    can_widen = True
+
+    def __init__(self, target: str, *, overwrite: bool = False, revision: Optional[str] = None):
+        self.parsed = parse_server_url(target)
+        require_driver(self.parsed)
+        self.display = self.parsed.display
+        self.requested_revision = revision
+        self.widen = False
+        self.state: Optional[TargetState] = None
+        self._engine = None
+        self.conn = None
+        self._raw = None
+        self._columns: Optional[TargetColumns] = None
+        self._default_present = False
+
+    # -- connections -------------------------------------------------------------------------
+    def engine(self, *, read_only: bool = False):
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        args = {"connect_timeout": 10, "application_name": "fs2sql"}
+        if read_only:
+            args["options"] = "-c default_transaction_read_only=on"
+        if self.parsed.driver not in ("psycopg", "psycopg2"):
+            args = {}
+        return create_engine(self.parsed.url, poolclass=NullPool, connect_args=args)
+
+    def _connect(self, engine, what: str = "connect"):
+        try:
+            return engine.connect()
+        except Exception as exc:
+            raise connection_error(exc, self.parsed, what) from None
+
+    # -- checks ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        engine = self.engine()
+        try:
+            with self._connect(engine) as conn:
+                try:
+                    self.state = self._check(conn)
+                finally:
+                    conn.rollback()
+        finally:
+            engine.dispose()
+
+    def _check(self, conn) -> TargetState:
+        try:
+            schema, may_create = conn.exec_driver_sql(
+                "SELECT current_schema(), has_schema_privilege(current_schema(), 'CREATE')"
+            ).fetchone()
+        except Exception as exc:
+            raise connection_error(exc, self.parsed, "read the database") from None
+        if schema is None:
+            raise TargetError(
+                "the user's search_path names no schema that exists, so MLflow's tables would "
+                "have nowhere to go. Nothing was written.", path=self.display,
+                hint="Create the schema (CREATE SCHEMA ...) or fix search_path for this user.")
+        state = inspect_state(conn, self.parsed, self.requested_revision, quote)
+        if state.empty and not may_create:
+            raise TargetError(
+                f"the user may not create tables in schema '{schema}' of this database. Nothing "
+                "was written.", path=self.display,
+                hint=f"GRANT CREATE ON SCHEMA {schema} TO <user> (PostgreSQL 15 no longer "
+                "grants it on public by default), or use the database's owner.")
+        return state
+
+    # -- load --------------------------------------------------------------------------------
+    def begin(self):
+        self._engine = self.engine()
+        self.conn = self._connect(self._engine)
+        try:
+            if not self.conn.exec_driver_sql(_LOCK_SQL).scalar():
+                raise TargetError(
+                    "another fs2sql is writing into this database right now. Nothing was "
+                    "written.", path=self.display,
+                    hint="Wait for it to finish (or stop it), then run again.")
+            # Again inside the transaction: nothing may have changed since ``prepare``.
+            self.state = self._check(self.conn)
+            if self.state.empty:
+                self.revision = create_schema_in_transaction(self.conn, self.requested_revision)
+            else:
+                self.revision = self.state.revision
+                self._default_present = self.state.default_experiment
+            if self.widen:
+                widen_experiment_ids(self.conn)
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise connection_error(exc, self.parsed, "create MLflow's tables") from exc
+        self.mlflow_skinny_version = mlflow_skinny_version()
+        self._raw = self.conn.connection.driver_connection
+        return self.conn
+
+    def columns(self) -> TargetColumns:
+        if self._columns is None:
+            self._columns = read_target_columns(self.conn)
+        return self._columns
+
+    def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
+        return list(columns)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
+        if table == "experiments" and self._default_present:
+            self._replace_default_experiment(columns, rows)
+        names = ", ".join(quote(c) for c in columns)
+        try:
+            if self.parsed.driver == "psycopg":
+                with self._raw.cursor() as cur:
+                    with cur.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy:
+                        write = copy.write_row
+                        for row in rows:
+                            write(row)
+            else:
+                marks = ", ".join(["%s"] * len(columns))
+                self.conn.exec_driver_sql(
+                    f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})", rows)
+        except Exception as exc:
+            raise _load_error(exc, self.parsed, table) from exc
+
+    def _replace_default_experiment(self, columns, rows) -> None:
+        """MLflow's server made experiment 0 'Default' on first start; the store's own
+        experiment 0 takes its place (same transaction)."""
+        at = list(columns).index("experiment_id")
+        if any(row[at] == 0 for row in rows):
+            self.conn.exec_driver_sql("DELETE FROM experiments WHERE experiment_id = 0")
+            self._default_present = False
+
+    # -- finish ------------------------------------------------------------------------------
+    def publish(self, before: Optional[Callable[[], None]] = None) -> None:
+        try:
+            move_sequence_past_ids(self.conn)
+            if before is not None:
+                before()
+            self.conn.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+
+    def abort(self) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.rollback()
+        except Exception:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.close()
+            if self._engine is not None:
+                self._engine.dispose()
+        except Exception:
+            pass
+        self.conn = self._engine = self._raw = None
+
+    def start_command(self) -> str:
+        return f"mlflow server --backend-store-uri '{self.display}'"
+
+
+def move_sequence_past_ids(conn) -> None:
+    """MLflow's next ``create_experiment`` must get an ID no migrated experiment has."""
+    seq = conn.exec_driver_sql(
+        "SELECT pg_get_serial_sequence('experiments', 'experiment_id')").scalar()
+    if seq:
+        conn.exec_driver_sql(
+            "SELECT setval(%(seq)s, COALESCE((SELECT MAX(experiment_id) FROM experiments), 0) "
+            "+ 1, false)", {"seq": seq})
+
+
+def _experiment_id_columns(conn) -> List[tuple]:
+    """Every 32-bit ``experiment_id`` column and every column referencing experiments."""
+    rows = conn.exec_driver_sql(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND data_type = 'integer' "
+        "AND column_name = 'experiment_id' "
+        "UNION SELECT cl.relname::text, a.attname::text FROM pg_constraint co "
+        "JOIN pg_class cl ON cl.oid = co.conrelid "
+        "JOIN pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = ANY(co.conkey) "
+        "WHERE co.contype = 'f' AND co.confrelid = to_regclass('experiments') "
+        "AND format_type(a.atttypid, a.atttypmod) = 'integer' "
+        "ORDER BY 1, 2").fetchall()
+    return [tuple(r) for r in rows]
+
+
+def widen_experiment_ids(conn) -> int:
+    """BIGINT for every experiment ID column and the sequence; PostgreSQL keeps the foreign
+    keys itself. Marked with a column comment so ``upgrade-schema`` recognises the schema."""
+    columns = _experiment_id_columns(conn)
+    for table, column in columns:
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column)} "
+                             "TYPE BIGINT")
+    seq = conn.exec_driver_sql(
+        "SELECT pg_get_serial_sequence('experiments', 'experiment_id')").scalar()
+    if seq:
+        conn.exec_driver_sql(f"ALTER SEQUENCE {seq} AS BIGINT")
+    conn.exec_driver_sql(f"COMMENT ON COLUMN experiments.experiment_id IS '{WIDENED_MARK}'")
+    return len(columns)
+
+
+def is_widened(conn) -> bool:
+    return conn.exec_driver_sql(
+        "SELECT col_description('experiments'::regclass, a.attnum) FROM pg_attribute a "
+        "WHERE a.attrelid = 'experiments'::regclass AND a.attname = 'experiment_id'"
+    ).scalar() == WIDENED_MARK
+
+
+def upgrade_widened_schema(target: str, revision: Optional[str] = None) -> tuple:
+    """``fs2sql upgrade-schema``: MLflow's migrations, then widening again, in one transaction.
+
+    Returns (revision before, revision after, columns widened)."""
+    t = PostgresTarget(target)
+    engine = t.engine()
+    try:
+        conn = t._connect(engine)
+        try:
+            if not conn.exec_driver_sql(_LOCK_SQL).scalar():
+                raise TargetError("another fs2sql is writing into this database right now.",
+                                  path=t.display, hint="Wait for it to finish, then run again.")
+            tables = set(conn.exec_driver_sql(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()").scalars())
+            if "alembic_version" not in tables or "experiments" not in tables:
+                raise TargetError("holds no MLflow schema to upgrade.", path=t.display)
+            if not is_widened(conn):
+                raise TargetError(
+                    "this MLflow schema was not widened by fs2sql (experiment IDs are MLflow's "
+                    "own 32-bit columns). Nothing was changed.", path=t.display,
+                    hint="Upgrade it with MLflow's own command: mlflow db upgrade <URL>.")
+            before = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            upgrade_in_transaction(conn, revision)
+            after = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            n = widen_experiment_ids(conn)
+            move_sequence_past_ids(conn)
+            conn.commit()
+            return before, after, n
+        except TargetError:
+            conn.rollback()
+            raise
+        except Exception as exc:
+            conn.rollback()
+            raise connection_error(exc, t.parsed, "upgrade MLflow's schema") from exc
+        finally:
+            conn.close()
+    finally:
+        engine.dispose()
+
+
+def _load_error(exc: Exception, parsed, table: str) -> TargetError:
+    orig = getattr(exc, "orig", None) or exc
+    message = parsed.scrub(" ".join(str(orig).split()))
+    if "0x00" in message or "nul character" in message.lower():
+        return TargetError(
+            f"a value for table {table} contains the NUL character, which PostgreSQL cannot "
+            f"store in text ({message}). Nothing was written.", path=parsed.display,
+            hint="Migrate into SQLite, or remove the NUL from the source file.")
+    return TargetError(f"PostgreSQL refused rows of table {table} ({message}). Nothing was "
+                       "written; the database is as it was.", path=parsed.display,
+                       hint="Run again with --verbose and please report it.")

@@ -45,7 +45,8 @@ SourceArg = Annotated[Optional[str], typer.Argument(
     help="The mlruns folder (or the folder that contains it).", show_default=False,
     metavar="SOURCE")]
 TargetArg = Annotated[Optional[str], typer.Argument(
-    help="The database: a file path (out.db) or an sqlite:/// URI.", show_default=False,
+    help="The database: a file path (out.db), an sqlite:/// URI, or a postgresql:// or mysql:// "
+    "URL of an empty database (the password is never shown).", show_default=False,
     metavar="TARGET")]
 ExampleOpt = Annotated[bool, typer.Option(
     "--example", help="Use the small sample store shipped with fs2sql as SOURCE (then give only "
@@ -75,6 +76,13 @@ def migrate(
         "--mlflow-version", metavar="X.Y[.Z]",
         help="Make the schema of this MLflow release (the version your server runs), so it opens "
         "the database without 'mlflow db upgrade'. Default: the newest fs2sql has.")] = None,
+    experiment_ids: Annotated[str, typer.Option(
+        "--experiment-ids", metavar="keep|renumber|widen",
+        help="PostgreSQL/MySQL hold 32-bit experiment IDs; FileStore IDs have 18 digits. keep "
+        "(default): exact IDs, refused if one does not fit. renumber: new small IDs in creation "
+        "order for those that do not fit (old ID kept as tag fs2sql.source_experiment_id). "
+        "widen (PostgreSQL): exact IDs in BIGINT columns; upgrade later with fs2sql "
+        "upgrade-schema.")] = "keep",
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -89,7 +97,8 @@ def migrate(
     def run(progress):
         overwrite = force or _confirm_replace(target)
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
-                                 skip_invalid=skip_invalid, mlflow_version=mlflow_version)
+                                 skip_invalid=skip_invalid, mlflow_version=mlflow_version,
+                                 experiment_ids=experiment_ids)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
@@ -113,6 +122,32 @@ def verify(
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
                                      progress=progress),
          quiet=quiet, verbose=verbose, json_file=json_file)
+
+
+@app.command("upgrade-schema")
+def upgrade_schema(
+    target: Annotated[str, typer.Argument(
+        help="postgresql:// URL of a database fs2sql migrated with --experiment-ids widen.",
+        metavar="URL")],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run MLflow's schema migrations on a widened PostgreSQL database, then widen the new
+    experiment_id columns again (one transaction). Use it instead of 'mlflow db upgrade'."""
+
+    def run(_progress):
+        from .targets.postgresql import upgrade_widened_schema
+        from .targets.server import is_server_url, parse_server_url
+
+        if not is_server_url(target) or parse_server_url(target).dialect != "postgresql":
+            raise Fs2sqlError("upgrade-schema is for PostgreSQL databases that fs2sql widened "
+                              "(--experiment-ids widen).",
+                              hint="Upgrade other databases with: mlflow db upgrade <URL>.")
+        before, after, n = upgrade_widened_schema(target)
+        typer.echo(f"Upgraded MLflow's schema from {before} to {after}; {n} experiment_id "
+                   "columns are BIGINT.")
+        return None
+
+    _run(run, quiet=True, verbose=verbose, json_file=None)
 
 
 def _source_and_target(source, target, example):
@@ -174,6 +209,8 @@ def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> Non
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if report is None:  # upgrade-schema: no report, its one line is printed
+        return
     if json_file == "-":
         import json
 

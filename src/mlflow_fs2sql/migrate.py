@@ -51,10 +51,10 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         revision = schema_revision_for(options.mlflow_version)
     tgt = open_target(target, overwrite=options.overwrite, revision=revision)
     report = Report("migrate", source=root, target=tgt.display, dry_run=options.dry_run)
+    if not options.dry_run:
+        tgt.prepare()  # server down, wrong password, data already there: refused first
     id_plan = ids.plan(root, options.experiment_ids, tgt)  # may refuse: nothing written yet
     ids.record(report, id_plan)
-    if not options.dry_run:
-        tgt.prepare()
     restore_rows = ids.install(id_plan.mapping)
     try:
         if options.dry_run:  # check sizes against the same (cached) schema, write nothing
@@ -192,6 +192,7 @@ def _record_walk(report: Report, walk: Walk) -> None:
         report.warnings.append(
             f"{walk.running_runs} runs are still RUNNING: if something is still logging to "
             "this store, migrate again once it has finished.")
+    report.warnings.extend(getattr(walk, "warnings", ()))  # files changed during the walk
 
 
 def _record_verify(report: Report, verifier) -> None:

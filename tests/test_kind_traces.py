@@ -236,8 +236,10 @@ def test_schema_before_analytics_columns_keeps_promoted_keys_as_rows(tmp_path):
 def test_schema_before_v3_traces_uses_trace_status_names(tmp_path):
     """MLflow <= 3.1 reads status with TraceStatus(...), which has no STATE_UNSPECIFIED."""
     t3 = f"{EXP}/traces/{V3_ID}"
+    # (without client_request_id, which a 3.1 schema has no column for: that would be refused)
     store = trace_store(tmp_path, extra={f"{t3}/trace_info.yaml": v3_info(
-        state="STATE_UNSPECIFIED")}, drop=[f"{t3}/assessments/a-{i}.yaml" for i in (1, 2, 3)])
+        state="STATE_UNSPECIFIED").replace("client_request_id: req-42\n", "")},
+        drop=[f"{t3}/assessments/a-{i}.yaml" for i in (1, 2, 3)])
     out, _ = run(tmp_path, store, revision=REV_3_1)
     assert rows(out, "SELECT request_id, status FROM trace_info ORDER BY 1") == [
         (V2_ID, "TRACE_STATUS_UNSPECIFIED"), (V3_ID, "TRACE_STATUS_UNSPECIFIED")]

@@ -33,6 +33,8 @@ class TableSpec:
     per_entity: bool = False
     # Column values an older schema without that column loses nothing by (e.g. step 0).
     defaults: Tuple[Tuple[str, object], ...] = ()
+    # Columns computed from other data (copies, aggregates): a schema without them loses nothing.
+    derived: Tuple[str, ...] = ()
 
 
 _WORKSPACE = (("workspace", "default"),)
@@ -202,7 +204,7 @@ class TargetColumns:
             have = self.columns[table]
             defaults = dict(spec.defaults)
             for i, column in enumerate(spec.columns):
-                if column not in have:
+                if column not in have and column not in spec.derived:
                     default = defaults.get(column)
                     n = sum(1 for row in rows if row[i] is not None and row[i] != default)
                     if n:

@@ -453,7 +453,9 @@ register_tables(
               ("request_id", "experiment_id", "timestamp_ms", "execution_time_ms", "status",
                "client_request_id", "request_preview", "response_preview", "trace_name",
                "session_id") + TOKEN_COLUMNS + COST_COLUMNS,
-              ("request_id",), owner=_TRACE_OWNER, per_entity=True),
+              ("request_id",), owner=_TRACE_OWNER, per_entity=True,
+              # previews are cut from the spans; tokens and costs are copies of metadata rows
+              derived=("request_preview", "response_preview") + TOKEN_COLUMNS + COST_COLUMNS),
     TableSpec("trace_tags", "Trace tags", ("key", "value", "request_id"), ("request_id", "key"),
               owner=_TRACE_OWNER, per_entity=True),
     TableSpec("trace_request_metadata", "Trace metadata", ("key", "value", "request_id"),
@@ -463,7 +465,10 @@ register_tables(
                "created_timestamp", "last_updated_timestamp", "source_type", "source_id",
                "run_id", "span_id", "rationale", "overrides", "valid", "assessment_metadata",
                "experiment_id", "trace_timestamp_ms", "aggregate_value", "is_numeric_value"),
-              ("assessment_id",), owner=("trace_id",), per_entity=True),
+              ("assessment_id",), owner=("trace_id",), per_entity=True,
+              # copies of the trace's fields and values computed from the assessment
+              derived=("experiment_id", "trace_timestamp_ms", "aggregate_value",
+                       "is_numeric_value")),
 )  # appended: after experiments and every table registered before (datasets, logged models)
 register_builder(Trace, _trace_rows)
 _walk.EXPERIMENT_WALKERS["traces"] = walk_traces

@@ -15,6 +15,7 @@ MLflow's primary key: COPY ~7 s, psycopg2 ``execute_values`` ~29 s, SQLAlchemy e
 
 from __future__ import annotations
 
+import re
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
@@ -273,10 +274,22 @@ def upgrade_widened_schema(target: str, revision: Optional[str] = None) -> tuple
                     "own 32-bit columns). Nothing was changed.", path=t.display,
                     hint="Upgrade it with MLflow's own command: mlflow db upgrade <URL>.")
             before = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            upgrade_in_transaction(conn, revision)
+            # A migration may add an INTEGER experiment_id column and fill it from a widened
+            # one in the same step: such DDL is created BIGINT right away.
+            from sqlalchemy import event
+
+            event.listen(conn, "before_cursor_execute", _widen_ddl, retval=True)
+            try:
+                upgrade_in_transaction(conn, revision)
+            finally:
+                event.remove(conn, "before_cursor_execute", _widen_ddl)
             after = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            n = widen_experiment_ids(conn)
+            widen_experiment_ids(conn)
             move_sequence_past_ids(conn)
+            n = conn.exec_driver_sql(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND column_name = 'experiment_id' AND data_type = 'bigint'"
+            ).scalar()
             conn.commit()
             return before, after, n
         except TargetError:
@@ -289,6 +302,16 @@ def upgrade_widened_schema(target: str, revision: Optional[str] = None) -> tuple
             conn.close()
     finally:
         engine.dispose()
+
+
+_ID_DDL = re.compile(r'(\bexperiment_id"?\s+)INTEGER\b', re.IGNORECASE)
+
+
+def _widen_ddl(conn, cursor, statement, parameters, context, executemany):
+    head = statement.lstrip()[:12].upper()
+    if head.startswith(("CREATE TABLE", "ALTER TABLE")):
+        statement = _ID_DDL.sub(r"\1BIGINT", statement)
+    return statement, parameters
 
 
 def _load_error(exc: Exception, parsed, table: str) -> TargetError:

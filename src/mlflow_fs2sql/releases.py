@@ -60,4 +60,8 @@ def describe_releases(revision: str) -> str:
         return "no published MLflow release (an unreleased revision)"
     if len(found) == 1:
         return f"MLflow {found[0]}"
-    return f"MLflow {found[0]} to {found[-1]} ({len(found)} releases)"
+    every = sorted(table()["releases"], key=_key)
+    start = every.index(found[0])
+    if every[start:start + len(found)] == found:  # a contiguous range of releases
+        return f"MLflow {found[0]} to {found[-1]} ({len(found)} releases)"
+    return "MLflow " + ", ".join(found)

@@ -63,10 +63,19 @@ def create_schema(connection, revision: Optional[str] = None) -> str:
     from mlflow.store.db.utils import _get_alembic_config
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 
+    import logging.config
+
     InitialBase.metadata.create_all(connection)
     config = _get_alembic_config(connection.engine.url.render_as_string(hide_password=False))
     config.attributes["connection"] = connection
-    command.upgrade(config, revision or "heads")
+    # Older MLflow env.py scripts call logging.config.fileConfig(alembic.ini) unconditionally,
+    # which prints every migration step at INFO on stderr. The user's logging is not theirs.
+    file_config = logging.config.fileConfig
+    logging.config.fileConfig = lambda *args, **kwargs: None
+    try:
+        command.upgrade(config, revision or "heads")
+    finally:
+        logging.config.fileConfig = file_config
     return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -5,7 +5,9 @@ tests against the installed package. Fixture stores and MLflow virtualenvs are g
 ``fixtures_gen`` into ``~/.cache/fs2sql-dev`` (override with FS2SQL_CACHE), never into git.
 """
 
+import glob
 import os
+import subprocess
 
 import nox
 
@@ -14,6 +16,21 @@ nox.options.reuse_existing_virtualenvs = True
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
 
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+
+
+def _add_pyenv_pythons_to_path() -> None:
+    """Let nox find python3.9 ... python3.13 installed by pyenv (not all are on PATH)."""
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        root = os.path.expanduser("~/.pyenv")
+    found = sorted(glob.glob(os.path.join(root or os.path.expanduser("~/.pyenv"),
+                                          "versions", "3.*", "bin")))
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join(path + [d for d in found if d not in path])
+
+
+_add_pyenv_pythons_to_path()
 
 
 def _install(session):

@@ -119,7 +119,6 @@ def oracle_pair(writer_version: str, size: str = "full"):
         import tempfile
 
         from fixtures_gen.oracle import dump
-
         from mlflow_fs2sql.migrate import migrate, verify
 
         store = fixture_store(writer_version, size)
@@ -130,3 +129,40 @@ def oracle_pair(writer_version: str, size: str = "full"):
         sql = dump(ORACLE_READER, f"sqlite:///{db}")
         _ORACLE_CACHE[key] = (fs, sql, db, store)
     return _ORACLE_CACHE[key]
+
+
+_SCHEMA_CACHE: dict = {}
+
+
+def default_schema():
+    """(mlflow-skinny version, {table: set(columns)}) of the schema fs2sql makes by default."""
+    if not _SCHEMA_CACHE:
+        from mlflow_fs2sql.schema import cached_schema_columns
+
+        columns, info = cached_schema_columns(None)
+        _SCHEMA_CACHE["v"] = (info.mlflow_skinny_version,
+                              {t: set(c) for t, c in columns.columns.items()})
+    return _SCHEMA_CACHE["v"]
+
+
+def require_schema(table: str, column: str = None) -> None:
+    """Skip when the installed mlflow-skinny's schema lacks a table (e.g. Python 3.9, where pip's
+    newest mlflow-skinny is 3.1.4: no assessments). fs2sql refuses such stores there."""
+    version, tables = default_schema()
+    if table not in tables or (column and column not in tables[table]):
+        what = f"'{table}.{column}'" if column else f"'{table}'"
+        pytest.skip(f"mlflow-skinny {version}, the newest pip installs on this Python, has no "
+                    f"{what} in its schema; on it fs2sql refuses such data "
+                    "(tests/test_mlflow_version.py)")
+
+
+def require_revision(revision: str) -> None:
+    """Skip when the installed mlflow-skinny does not ship an Alembic revision a test builds."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlflow")
+    folder = Path(spec.submodule_search_locations[0]) / "store" / "db_migrations" / "versions"
+    if not list(folder.glob(f"{revision}_*.py")):
+        version, _ = default_schema()
+        pytest.skip(f"mlflow-skinny {version}, the newest pip installs on this Python, does not "
+                    f"ship revision {revision}")

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 import yaml
-from conftest import experiment_meta, tree_hash, write_files
+from conftest import experiment_meta, require_schema, tree_hash, write_files
 
 from mlflow_fs2sql.errors import InvalidSource
 from mlflow_fs2sql.kinds import registry
@@ -85,6 +85,7 @@ def registry_dump(db):
 
 
 def test_round_trip_every_field(tmp_path):
+    require_schema("registered_models", "workspace")
     store = registry_store(tmp_path)
     before = tree_hash(store)
     out = str(tmp_path / "o.db")
@@ -172,6 +173,7 @@ def test_pre_2_8_version_without_storage_location_and_registry_only_store(tmp_pa
 
 
 def test_deterministic(tmp_path):
+    require_schema("registered_models", "workspace")
     store = registry_store(tmp_path)
     migrate(str(store), str(tmp_path / "a.db"))
     migrate(str(store), str(tmp_path / "b.db"))

@@ -14,6 +14,17 @@ if str(REPO) not in sys.path:  # fixtures_gen lives beside the package, not insi
     sys.path.insert(0, str(REPO))
 
 
+def query(db, sql, *args):
+    """Rows of one SQL query on an SQLite file (opened and closed here)."""
+    import sqlite3
+
+    con = sqlite3.connect(str(db))
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
 def write_files(root: Path, files: dict) -> Path:
     """Write {relative path: str | bytes} below root; returns root."""
     for rel, content in files.items():

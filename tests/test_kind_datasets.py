@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 import yaml
-from conftest import experiment_meta, run_meta, write_files
+from conftest import experiment_meta, query, run_meta, write_files
 
 from mlflow_fs2sql.errors import InvalidSource
 from mlflow_fs2sql.kinds.datasets import (
@@ -63,14 +63,6 @@ def store_with_dataset(tmp_path, name="eval-ds", digest="6c3b2a1f", tags=None, e
 
 def entities(store, **kw):
     return list(Walk(str(store), **kw))
-
-
-def query(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_dataset_and_input_rows(tmp_path):

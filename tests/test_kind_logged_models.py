@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 import yaml
-from conftest import experiment_meta, run_meta, write_files
+from conftest import experiment_meta, query, run_meta, write_files
 
 from mlflow_fs2sql.errors import InvalidSource
 from mlflow_fs2sql.kinds.logged_models import (
@@ -71,14 +71,6 @@ def model_store(tmp_path, metrics=None, meta=None, extra=None):
     }
     files.update(extra or {})
     return write_files(tmp_path / "mlruns", files)
-
-
-def query(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_metric_line_parser():

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 import yaml
-from conftest import experiment_meta, require_schema, tree_hash, write_files
+from conftest import experiment_meta, query, require_schema, tree_hash, write_files
 
 from mlflow_fs2sql.errors import InvalidSource
 from mlflow_fs2sql.kinds import registry
@@ -68,14 +68,6 @@ def registry_store(tmp_path, extra=None, drop=()):
     for key in drop:
         files.pop(key)
     return write_files(tmp_path / "mlruns", files)
-
-
-def query(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def registry_dump(db):

@@ -5,7 +5,14 @@ import json
 import sqlite3
 
 import pytest
-from conftest import experiment_meta, require_revision, require_schema, tree_hash, write_files
+from conftest import (
+    experiment_meta,
+    query,
+    require_revision,
+    require_schema,
+    tree_hash,
+    write_files,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,11 +93,7 @@ def trace_store(tmp_path, extra=None, drop=()):
 
 
 def rows(db, sql, *args):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
+    return query(db, sql, *args)
 
 
 def run(tmp_path, store, **options):

@@ -6,21 +6,13 @@ import sqlite3
 import string
 
 import pytest
-from conftest import default_schema, experiment_meta, run_meta, tree_hash, write_files
+from conftest import default_schema, experiment_meta, query, run_meta, tree_hash, write_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlflow_fs2sql.errors import InvalidSource, SourceError, TargetError
 from mlflow_fs2sql.migrate import MigrateOptions, migrate, verify
 from mlflow_fs2sql.parse import MAX_DOUBLE, is_junk, sanitize_metric
-
-
-def query(db, sql):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_tiny_store_round_trip(tiny_store, tmp_path):

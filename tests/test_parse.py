@@ -7,8 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlflow_fs2sql.errors import InvalidSource
-from mlflow_fs2sql.parse import (MAX_DOUBLE, decode_text, parse_metric_lines, read_key_values,
-                                 read_yaml_mapping, sanitize_metric)
+from mlflow_fs2sql.parse import (
+    MAX_DOUBLE,
+    decode_text,
+    parse_metric_lines,
+    read_key_values,
+    read_yaml_mapping,
+    sanitize_metric,
+)
 
 
 def parse(text: str):

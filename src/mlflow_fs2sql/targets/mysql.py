@@ -25,8 +25,8 @@ The exact guarantee:
   staging database may be left, and the next run against that database removes it.
 
 A database MLflow's server initialised (schema + experiment 0 only) is replaced in the same
-statement: its tables move into the staging database (``fs2sql_old_<table>``) while the new ones
-move in; the staging database is dropped afterwards.
+statement: its tables move into a second database ``fs2sql_old_<name>`` while the new ones move
+in; both helper databases are dropped afterwards.
 
 The load runs in strict SQL mode (``STRICT_ALL_TABLES``: no silent truncation or clamping -- with
 ``sql_mode=''``, which MLflow sets on its own sessions, MariaDB stores 2147483647 for a too-large
@@ -60,19 +60,18 @@ from .server import (
 )
 
 LOAD_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION"
-OLD_PREFIX = "fs2sql_old_"
 
 
 def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def stage_name(database: str) -> str:
+def stage_name(database: str, prefix: str = "fs2sql_stage_") -> str:
     """The staging database for ``database`` (at most 64 characters, MySQL's limit)."""
-    name = f"fs2sql_stage_{database}"
+    name = f"{prefix}{database}"
     if len(name) > 64:
         digest = hashlib.sha1(database.encode("utf-8")).hexdigest()[:10]
-        name = f"fs2sql_stage_{database[:40]}_{digest}"
+        name = f"{prefix}{database[:40]}_{digest}"
     return name
 
 
@@ -87,6 +86,9 @@ class MysqlTarget(Target):
         self.requested_revision = revision
         self.database = self.parsed.database
         self.stage = stage_name(self.database)
+        # Where an MLflow-initialised target's own tables go in the same RENAME (not the stage:
+        # InnoDB's foreign key names are per database and would collide there).
+        self.old = stage_name(self.database, "fs2sql_old_")
         self.state: Optional[TargetState] = None
         self._admin_engine = self._engine = None
         self.admin = self.conn = None
@@ -136,6 +138,7 @@ class MysqlTarget(Target):
 
     def _drop_stage(self, conn) -> None:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(self.stage)}")
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(self.old)}")
 
     # -- load --------------------------------------------------------------------------------
     def begin(self):
@@ -155,9 +158,10 @@ class MysqlTarget(Target):
             self._drop_stage(self.admin)
             try:
                 # The target's own character set and collation, as MLflow's tables would get.
-                self.admin.exec_driver_sql(
-                    f"CREATE DATABASE {quote(self.stage)} CHARACTER SET {charset} "
-                    f"COLLATE {collation}")
+                for name in [self.stage] + ([] if self.state.empty else [self.old]):
+                    self.admin.exec_driver_sql(
+                        f"CREATE DATABASE {quote(name)} CHARACTER SET {charset} "
+                        f"COLLATE {collation}")
             except Exception as exc:
                 raise TargetError(
                     f"fs2sql builds the new tables in a staging database '{self.stage}' and "
@@ -215,18 +219,25 @@ class MysqlTarget(Target):
                 before()
             self.conn.commit()
             tables = [r[0] for r in self.conn.exec_driver_sql("SHOW TABLES")]
-            triggers = self._detach_triggers()
+            triggers = self._detach_triggers(self.conn)
             moves = []
             if self.state is not None and not self.state.empty:
-                moves += [f"{quote(self.database)}.{quote(t)} TO "
-                          f"{quote(self.stage)}.{quote(OLD_PREFIX + t)}"
+                moves += [f"{quote(self.database)}.{quote(t)} TO {quote(self.old)}.{quote(t)}"
                           for t in self.state.tables]
             moves += [f"{quote(self.stage)}.{quote(t)} TO {quote(self.database)}.{quote(t)}"
                       for t in tables]
             self.conn.close()
             self.conn = None
-            # The one step that publishes: atomic in MySQL and MariaDB.
-            self.admin.exec_driver_sql("RENAME TABLE " + ", ".join(moves))
+            # An initialised target's own trigger cannot move either: dropped just before.
+            old_triggers = [] if self.state is None or self.state.empty else \
+                self._detach_triggers(self.admin)
+            try:
+                # The one step that publishes: atomic in MySQL and MariaDB.
+                self.admin.exec_driver_sql("RENAME TABLE " + ", ".join(moves))
+            except BaseException:
+                for statement in old_triggers:
+                    self.admin.exec_driver_sql(statement)
+                raise
             for statement in triggers:  # on the (always empty) secrets table: see the docstring
                 self.admin.exec_driver_sql(statement)
         except BaseException:
@@ -234,20 +245,20 @@ class MysqlTarget(Target):
             raise
         self.abort()  # drops the (now empty) staging database and releases the lock
 
-    def _detach_triggers(self) -> List[str]:
+    def _detach_triggers(self, conn) -> List[str]:
         """MySQL cannot move a table with triggers to another database (error 1435), so the
         triggers MLflow's migrations made in the staging database are dropped there and their
         CREATE statements returned, to run in the target right after the rename."""
         import re
 
         statements = []
-        for (name,) in self.conn.exec_driver_sql(
+        for (name,) in conn.exec_driver_sql(
                 "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
                 "WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY ACTION_ORDER").fetchall():
-            row = self.conn.exec_driver_sql(f"SHOW CREATE TRIGGER {quote(name)}").fetchone()
+            row = conn.exec_driver_sql(f"SHOW CREATE TRIGGER {quote(name)}").fetchone()
             create = re.sub(r"^CREATE\s+DEFINER\s*=\s*\S+\s+", "CREATE ", row[2], flags=re.I)
             statements.append(create)
-            self.conn.exec_driver_sql(f"DROP TRIGGER {quote(name)}")
+            conn.exec_driver_sql(f"DROP TRIGGER {quote(name)}")
         return statements
 
     def _keep_server_default_experiment(self) -> None:

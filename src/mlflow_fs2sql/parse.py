@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import time
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
@@ -24,6 +25,9 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 # MLflow's SQL store cannot hold infinities; SqlAlchemyStore.sanitize_metric_value maps them here.
 MAX_DOUBLE = 1.7976931348623157e308
 _INF = math.inf
+
+# MLflow's SQL columns for times, steps and versions are 64-bit integers (BigInteger).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Names an operating system or an editor leaves behind; never MLflow keys (reported as ignored).
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", "__MACOSX"})
@@ -53,10 +57,96 @@ def decode_text(data: bytes, path: str, kind: str = "", entity_id: str = "") -> 
         ) from None
 
 
+class StoreBounds:
+    """The store being walked: symbolic links may lead anywhere inside it, never outside.
+
+    ``check`` looks at each path component below the root once (one ``lstat``; directories are
+    cached), so a link anywhere on the way -- an experiment, a run, a ``params`` folder, a value
+    file -- is resolved with ``os.path.realpath`` and refused when it leaves the store or leads
+    nowhere. It also records the newest modification time of the files read (``note_mtime``), so
+    the walk can warn when something was still writing to the store during the migration.
+    """
+
+    _MAX_CACHED = 4096
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.real = os.path.realpath(self.root)
+        self._ok: Set[str] = set()
+        self.started_ns = time.time_ns()
+        self.modified_during: List[str] = []  # files whose mtime is after the walk started
+
+    def inside(self, real: str) -> bool:
+        return real == self.real or real.startswith(self.real.rstrip(os.sep) + os.sep)
+
+    def check(self, path: str, kind: str = "", entity_id: str = "") -> None:
+        path = os.path.abspath(path)
+        prefix = self.root.rstrip(os.sep) + os.sep
+        if not path.startswith(prefix):
+            return
+        current = self.root
+        for part in path[len(prefix):].split(os.sep):
+            current = os.path.join(current, part)
+            if current in self._ok:
+                continue
+            if os.path.islink(current):
+                target = os.path.realpath(current)
+                if not self.inside(target):
+                    raise InvalidSource(
+                        f"is a symbolic link to {target}, outside the store; fs2sql reads only "
+                        "what lies inside the store folder.",
+                        path=current, kind=kind, entity_id=entity_id,
+                        hint="Replace the link with a copy of what it points to (or move the "
+                        "store so that it contains it), or run again with --skip-invalid to "
+                        "leave this entity out.")
+                if not os.path.exists(current):
+                    raise InvalidSource(
+                        f"is a symbolic link to {os.readlink(current)}, which does not exist "
+                        "(or is a loop of links).",
+                        path=current, kind=kind, entity_id=entity_id)
+            if current != path:  # directories only; files are looked at once anyway
+                if len(self._ok) >= self._MAX_CACHED:
+                    self._ok.clear()
+                self._ok.add(current)
+
+    def note_mtime(self, path: str, mtime_ns: int) -> None:
+        # Between the start and now: a file dated in the future was copied from a machine whose
+        # clock ran ahead, not changed during this walk.
+        if mtime_ns >= self.started_ns and len(self.modified_during) < 1000 \
+                and mtime_ns <= time.time_ns():
+            self.modified_during.append(path)
+
+
+_BOUNDS: Optional[StoreBounds] = None
+
+
+def set_store_root(root: Optional[str]) -> Optional[StoreBounds]:
+    """Confine reads to the store at ``root`` (``Walk`` sets it; None: no confinement)."""
+    global _BOUNDS
+    _BOUNDS = StoreBounds(root) if root is not None else None
+    return _BOUNDS
+
+
+def store_bounds() -> Optional[StoreBounds]:
+    return _BOUNDS
+
+
+def check_inside(path: str, kind: str = "", entity_id: str = "") -> None:
+    """Raise ``InvalidSource`` if ``path`` goes through a link out of the store (or nowhere)."""
+    if _BOUNDS is not None:
+        _BOUNDS.check(path, kind, entity_id)
+
+
 def read_bytes(path: str, kind: str = "", entity_id: str = "") -> bytes:
     try:
         with open(path, "rb") as f:
+            if _BOUNDS is not None:
+                _BOUNDS.note_mtime(path, os.fstat(f.fileno()).st_mtime_ns)
             return f.read()
+    except IsADirectoryError:
+        raise InvalidSource(
+            "is a folder where MLflow writes a file.", path=path, kind=kind, entity_id=entity_id
+        ) from None
     except OSError as exc:
         raise InvalidSource(
             f"cannot be read ({exc.strerror or exc}).", path=path, kind=kind, entity_id=entity_id
@@ -65,7 +155,11 @@ def read_bytes(path: str, kind: str = "", entity_id: str = "") -> bytes:
 
 def read_yaml_mapping(path: str, kind: str, entity_id: str) -> Dict[str, Any]:
     """A meta.yaml as a dict; empty, unparseable or non-mapping files are invalid."""
-    if not os.path.isfile(path):
+    check_inside(path, kind, entity_id)
+    if os.path.isdir(path):
+        raise InvalidSource("is a folder where MLflow writes a file.", path=path, kind=kind,
+                            entity_id=entity_id)
+    if not os.path.lexists(path):
         raise InvalidSource("is missing.", path=path, kind=kind, entity_id=entity_id)
     text = decode_text(read_bytes(path, kind, entity_id), path, kind, entity_id)
     try:
@@ -75,6 +169,14 @@ def read_yaml_mapping(path: str, kind: str, entity_id: str) -> Dict[str, Any]:
         at = f" at line {where.line + 1}" if where is not None else ""
         raise InvalidSource(
             f"is not valid YAML{at} ({getattr(exc, 'problem', None) or exc}).",
+            path=path,
+            kind=kind,
+            entity_id=entity_id,
+        ) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # YAML that parses but cannot be built: an impossible date (2024-13-45), nesting too deep.
+        raise InvalidSource(
+            f"is not valid YAML ({type(exc).__name__}: {exc}).",
             path=path,
             kind=kind,
             entity_id=entity_id,
@@ -104,7 +206,7 @@ def field_int(meta: Dict[str, Any], key: str, path: str, kind: str, entity_id: s
             entity_id=entity_id,
         )
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidSource(
             f"field '{key}' should be an integer but is {value!r}.",
@@ -112,6 +214,14 @@ def field_int(meta: Dict[str, Any], key: str, path: str, kind: str, entity_id: s
             kind=kind,
             entity_id=entity_id,
         ) from None
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise InvalidSource(
+            f"field '{key}' is {value!r}, too large for MLflow's 64-bit integer column.",
+            path=path,
+            kind=kind,
+            entity_id=entity_id,
+        )
+    return number
 
 
 def field_str(
@@ -133,12 +243,26 @@ def field_str(
     return str(value)
 
 
-def walk_key_files(folder: str, ignored: List[str]) -> Iterator[Tuple[str, str]]:
+def walk_key_files(
+    folder: str, ignored: List[str], kind: str = "", entity_id: str = ""
+) -> Iterator[Tuple[str, str]]:
     """(key, file path) for every file below ``folder``; keys with '/' live in sub-folders.
 
-    Sorted for determinism. Empty directories (left by deleted keys) yield nothing; OS and editor
-    junk is appended to ``ignored`` instead of being read as a key.
+    Sorted for determinism. A missing folder and empty directories (left by deleted keys) yield
+    nothing; OS and editor junk is appended to ``ignored`` instead of being read as a key. A file
+    where the folder should be, an unreadable folder, a link out of the store and a link back to
+    a folder already walked (a loop) raise ``InvalidSource`` naming the path.
     """
+
+    def bad(what: str, path: str) -> InvalidSource:
+        return InvalidSource(what, path=path, kind=kind, entity_id=entity_id)
+
+    if not os.path.lexists(folder):
+        return
+    check_inside(folder, kind, entity_id)
+    if not os.path.isdir(folder):
+        raise bad("is a file where MLflow keeps a folder (one file per key).", folder)
+    visited: Set[str] = set()
     stack = [("", folder)]
     while stack:
         prefix, directory = stack.pop()
@@ -146,10 +270,31 @@ def walk_key_files(folder: str, ignored: List[str]) -> Iterator[Tuple[str, str]]
             entries = sorted(os.scandir(directory), key=lambda e: e.name, reverse=True)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            raise bad(f"cannot be read ({exc.strerror or exc}).", directory) from None
         for entry in entries:
             if is_junk(entry.name):
                 ignored.append(entry.path)
-            elif entry.is_dir():
+                continue
+            if entry.is_symlink():
+                check_inside(entry.path, kind, entity_id)
+                if not os.path.exists(entry.path):
+                    raise bad(f"is a symbolic link to {os.readlink(entry.path)}, which does "
+                              "not exist (or is a loop of links).", entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError as exc:
+                raise bad(f"cannot be read ({exc.strerror or exc}).", entry.path) from None
+            if is_dir:
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if not visited:
+                        visited.add(os.path.realpath(folder))
+                    here = os.path.realpath(directory)
+                    if real in visited or here == real or here.startswith(real + os.sep):
+                        raise bad(f"is a symbolic link back to {real}, which is already being "
+                                  "read: following it would never end.", entry.path)
+                    visited.add(real)
                 stack.append((prefix + entry.name + "/", entry.path))
             else:
                 yield prefix + entry.name, entry.path
@@ -159,7 +304,7 @@ def read_key_values(
     folder: str, kind: str, entity_id: str, ignored: List[str]
 ) -> Tuple[KeyValue, ...]:
     items = []
-    for key, path in walk_key_files(folder, ignored):
+    for key, path in walk_key_files(folder, ignored, kind, entity_id):
         items.append((key, decode_text(read_bytes(path, kind, entity_id), path, kind, entity_id)))
     items.sort()
     return tuple(items)
@@ -217,8 +362,11 @@ def parse_metric_lines(
                 step = 0
             else:
                 raise ValueError(f"has {n} fields; MLflow writes 'timestamp value step'")
+            if not (INT64_MIN <= ts <= INT64_MAX and INT64_MIN <= step <= INT64_MAX):
+                raise ValueError("has a timestamp or step too large for MLflow's 64-bit columns")
         except ValueError as exc:
-            detail = str(exc) if "fields" in str(exc) else f"cannot be parsed ({exc})"
+            detail = str(exc) if "fields" in str(exc) or "64-bit" in str(exc) else \
+                f"cannot be parsed ({exc})"
             raise InvalidSource(
                 f"line {number} {detail}: {line[:80]!r}.",
                 path=path,

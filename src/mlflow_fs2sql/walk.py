@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Set, Union
 from .errors import InvalidSource, SourceError
 from .model import Experiment, Run, Skipped
 from .parse import (
+    check_inside,
     field_int,
     field_str,
     is_junk,
@@ -23,6 +24,7 @@ from .parse import (
     read_bytes,
     read_key_values,
     read_yaml_mapping,
+    set_store_root,
     walk_key_files,
 )
 
@@ -35,6 +37,10 @@ RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILL
 SOURCE_TYPE = {1: "NOTEBOOK", 2: "JOB", 3: "PROJECT", 4: "LOCAL", 5: "UNKNOWN", 1000: "UNKNOWN"}
 LIFECYCLE = ("active", "deleted")
 _NUMERIC_ID = re.compile(r"^[0-9]+$")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# What MLflow creates inside a run folder: a folder holding one of these is a run, even when its
+# meta.yaml is gone (an error, not a stray folder).
+_RUN_CONTENTS = ("params", "metrics", "tags", "artifacts", "inputs", "outputs")
 
 Entity = Union[Experiment, Run, object]
 
@@ -67,10 +73,17 @@ def locate_store(source: str) -> str:
             path=source,
             hint="Give the path of your mlruns folder (the one holding meta.yaml files).",
         )
-    for candidate in (path, os.path.join(path, "mlruns")):
-        if _looks_like_store(candidate):
-            return candidate
-    if not os.listdir(path):
+    try:
+        for candidate in (path, os.path.join(path, "mlruns")):
+            if _looks_like_store(candidate):
+                return candidate
+        empty = not os.listdir(path)
+    except OSError as exc:
+        raise SourceError(
+            f"cannot be read ({exc.strerror or exc}).", path=exc.filename or source,
+            hint="Check the permissions of the mlruns folder.",
+        ) from None
+    if empty:
         raise SourceError("is an empty folder: there is nothing to migrate.", path=source)
     raise SourceError(
         "is not an MLflow FileStore: it has no experiment folder with a meta.yaml, no .trash and "
@@ -106,12 +119,15 @@ class Walk:
         self.root = root
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
+        self.bounds = set_store_root(root)  # links may not lead out of the store
         self.skipped: List[Skipped] = []
         self.ignored: List[str] = []  # junk files and stray folders, listed in the report
         self.not_migrated: Dict[str, List[str]] = {}  # kind -> paths fs2sql does not carry yet
         self.notes: Dict[str, int] = {}  # report note template ("{n} ...") -> count, from kinds
         self.duplicate_metric_lines = 0
         self.running_runs = 0
+        self.warnings: List[str] = []  # for the report (files changed while being read)
+        self._running_files: List[tuple] = []  # (path, mtime_ns, size) of RUNNING runs' files
         self._experiment_names: Dict[str, str] = {}
         self._run_ids: Dict[str, str] = {}
 
@@ -120,11 +136,25 @@ class Walk:
         found: List[ExperimentDir] = []
         for in_trash, base in ((False, self.root), (True, os.path.join(self.root, TRASH))):
             if not os.path.isdir(base):
+                if in_trash and os.path.lexists(base):
+                    self.ignored.append(base)  # a file named .trash: never MLflow's
                 continue
-            for entry in os.scandir(base):
+            try:
+                entries = list(os.scandir(base))
+            except OSError as exc:
+                raise SourceError(f"cannot be read ({exc.strerror or exc}).", path=base,
+                                  hint="Check the permissions of the mlruns folder.") from None
+            for entry in entries:
                 if not in_trash and entry.name in (TRASH, REGISTRY):
+                    if entry.name == REGISTRY and not _is_dir(entry):
+                        self.ignored.append(entry.path)
                     continue
-                if is_junk(entry.name) or not entry.is_dir():
+                if is_junk(entry.name) or not _is_dir(entry):
+                    self.ignored.append(entry.path)
+                    continue
+                if not _NUMERIC_ID.match(entry.name) and not os.path.lexists(
+                        os.path.join(entry.path, "meta.yaml")):
+                    # Not an experiment (no number, no meta.yaml): a folder someone put here.
                     self.ignored.append(entry.path)
                     continue
                 found.append(ExperimentDir(entry.name, entry.path, in_trash))
@@ -135,42 +165,75 @@ class Walk:
 
         return sorted(found, key=order)
 
-    def run_dirs(self, exp_dir: ExperimentDir) -> List[str]:
+    def run_dirs(self, exp_dir: ExperimentDir, ignored: Optional[List[str]] = None) -> List[str]:
+        """Run folders of an experiment, by name. Raises ``InvalidSource`` (for the experiment)
+        if its folder cannot be listed: its runs would silently go missing otherwise."""
+        ignored = self.ignored if ignored is None else ignored
         runs = []
-        for entry in sorted(os.scandir(exp_dir.path), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(exp_dir.path), key=lambda e: e.name)
+        except OSError as exc:
+            raise InvalidSource(f"cannot be read ({exc.strerror or exc}).", path=exp_dir.path,
+                                kind="experiment", entity_id=exp_dir.dir_name) from None
+        for entry in entries:
             if entry.name == "meta.yaml":
                 continue
-            if entry.name in EXPERIMENT_RESERVED and entry.is_dir():
+            if entry.name in EXPERIMENT_RESERVED and _is_dir(entry):
                 if entry.name != "tags" and entry.name not in EXPERIMENT_WALKERS:
                     self.not_migrated.setdefault(entry.name, []).append(entry.path)
                 continue
-            if is_junk(entry.name) or not entry.is_dir():
-                self.ignored.append(entry.path)
+            if is_junk(entry.name) or not _is_dir(entry):
+                ignored.append(entry.path)
                 continue
-            if not os.path.exists(os.path.join(entry.path, "meta.yaml")):
-                # Not a run: MLflow never creates a run folder without meta.yaml.
-                self.ignored.append(entry.path)
+            if not os.path.lexists(os.path.join(entry.path, "meta.yaml")) and not (
+                    _RUN_ID.match(entry.name) or _holds_any(entry.path, _RUN_CONTENTS)):
+                # Not a run: no meta.yaml and nothing MLflow puts in a run folder.
+                ignored.append(entry.path)
                 continue
-            runs.append(entry.path)
+            runs.append(entry.path)  # read_run says what is wrong with it, if anything
         return runs
 
     def count_runs(self) -> int:
-        """A cheap first pass for the progress bar's total (no file is parsed)."""
-        return sum(len(self.run_dirs(d)) for d in self.experiment_dirs())
+        """A cheap first pass for the progress bar's total (no file is parsed, nothing recorded:
+        the walk itself lists ignored paths and reports errors)."""
+        ignored, not_migrated = list(self.ignored), {k: list(v) for k, v in
+                                                     self.not_migrated.items()}
+        total = 0
+        try:
+            for d in self.experiment_dirs():
+                try:
+                    total += len(self.run_dirs(d))
+                except InvalidSource:
+                    pass
+        except SourceError:
+            pass
+        finally:
+            self.ignored[:] = ignored
+            self.not_migrated.clear()
+            self.not_migrated.update(not_migrated)
+        return total
 
     # -- the walk ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Entity]:
         self.ignored.clear()
         self.not_migrated.clear()
         self.notes.clear()
+        self.bounds = set_store_root(self.root)
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
             try:
                 experiment = self.read_experiment(exp_dir, seen_ids)
                 self.check(experiment)
+                run_paths = self.run_dirs(exp_dir)
             except InvalidSource as exc:
                 self._skip_or_raise(exc, "experiment", exp_dir.dir_name)
-                for run_path in self.run_dirs(exp_dir):
+                try:
+                    run_paths = self.run_dirs(exp_dir)
+                except InvalidSource:
+                    run_paths = []
+                    self.skipped.append(Skipped("run", "*", exp_dir.path, "the runs of "
+                                                f"experiment {exp_dir.dir_name} cannot be listed"))
+                for run_path in run_paths:
                     self.skipped.append(
                         Skipped("run", os.path.basename(run_path), run_path,
                                 f"its experiment {exp_dir.dir_name} was skipped")
@@ -183,22 +246,28 @@ class Walk:
                 continue
             seen_ids.add(exp_dir.dir_name)
             yield experiment
-            for run_path in self.run_dirs(exp_dir):
+            for run_path in run_paths:
                 try:
                     run = self.read_run(experiment, run_path)
                     self.check(run)
                 except InvalidSource as exc:
                     self._skip_or_raise(exc, "run", os.path.basename(run_path))
                     continue
+                except OSError as exc:  # e.g. a folder that vanished while being read
+                    self._skip_or_raise(_unreadable(exc, run_path, "run"), "run",
+                                        os.path.basename(run_path))
+                    continue
                 self._run_ids[run.run_uuid] = run.path
                 self.duplicate_metric_lines += run.duplicate_metric_lines
                 if run.status == "RUNNING":
                     self.running_runs += 1
+                    self._remember_running(run.path)
                 yield run
             for sub, walker in EXPERIMENT_WALKERS.items():
                 folder = os.path.join(exp_dir.path, sub)
                 if os.path.isdir(folder):
-                    yield from self._checked(walker(self, experiment, folder))
+                    yield from self._checked(lambda f=folder, w=walker: w(self, experiment, f),
+                                             sub, folder)
         for sub in (REGISTRY,):
             folder = os.path.join(self.root, sub)
             if not os.path.isdir(folder):
@@ -207,12 +276,38 @@ class Walk:
             if walker is None:
                 self.not_migrated.setdefault("registry", []).append(folder)
             else:
-                yield from self._checked(walker(self, folder))
+                yield from self._checked(lambda f=folder, w=walker: w(self, f), sub, folder)
+        self._check_still_writing()
 
-    def _checked(self, entities) -> Iterator[Entity]:
+    def _checked(self, start, sub: str, folder: str) -> Iterator[Entity]:
         """Entities of a plug-in walker, checked against the target; invalid ones skipped or
-        raised. A walker signals an unreadable entity by yielding its ``InvalidSource``."""
-        for entity in entities:
+        raised. A walker signals an unreadable entity by yielding its ``InvalidSource``.
+
+        A walker that raises instead (an error outside its per-entity handling, or an OS error
+        such as an unreadable folder) has stopped: the error is raised (strict) or recorded,
+        together with a note that the rest of ``folder`` was not read (``--skip-invalid``)."""
+        try:
+            check_inside(folder, sub, "*")
+            entities = iter(start())
+        except InvalidSource as exc:
+            self._skip_or_raise(exc, sub, "*")
+            return
+        while True:
+            try:
+                entity = next(entities)
+            except StopIteration:
+                return
+            except InvalidSource as exc:
+                self._skip_or_raise(exc, sub, "*")
+                self.skipped.append(Skipped(sub, "*", folder, "the rest of this folder was not "
+                                            f"read after an error in {exc.path or folder}"))
+                return
+            except OSError as exc:
+                bad = _unreadable(exc, folder, sub)
+                self._skip_or_raise(bad, sub, "*")
+                self.skipped.append(Skipped(sub, "*", folder, "the rest of this folder was not "
+                                            f"read after an error in {bad.path}"))
+                return
             try:
                 if isinstance(entity, InvalidSource):
                     raise entity
@@ -221,6 +316,48 @@ class Walk:
                 self._skip_or_raise(exc, exc.kind, exc.entity_id)
                 continue
             yield entity
+
+    # -- a store still being written ---------------------------------------------------------
+    def _remember_running(self, run_path: str) -> None:
+        """Files of a RUNNING run: re-checked at the end of the walk (cheap: few such runs)."""
+        for sub in ("", "metrics", "params", "tags"):
+            folder = os.path.join(run_path, sub)
+            try:
+                names = ["meta.yaml"] if not sub else os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if len(self._running_files) < 100_000:
+                    self._running_files.append((path, st.st_mtime_ns, st.st_size))
+            if not sub:
+                self._running_files.append((os.path.join(run_path, "metrics"), None, None))
+
+    def _check_still_writing(self) -> None:
+        """Warn when files changed while the walk read them (MLflow still logging)."""
+        changed = set(self.bounds.modified_during) if self.bounds is not None else set()
+        for path, mtime, size in self._running_files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                if mtime is not None:
+                    changed.add(path)
+                continue
+            if mtime is None:
+                continue
+            if (st.st_mtime_ns, st.st_size) != (mtime, size):
+                changed.add(path)
+        self._running_files.clear()
+        if changed:
+            first = sorted(changed)[0]
+            self.warnings.append(
+                f"{len(changed)} files were changed while fs2sql read the store (first: {first}):"
+                " something is still writing to it. Stop it (or wait until its runs finish) and "
+                "migrate again, or the database may miss the latest values.")
 
     def has_run(self, run_id: str) -> bool:
         """Was this run yielded (migrated) so far in this walk?"""
@@ -237,6 +374,7 @@ class Walk:
     def read_experiment(self, exp_dir: ExperimentDir, seen_ids: Set[str]) -> Experiment:
         eid = exp_dir.dir_name
         meta_path = os.path.join(exp_dir.path, "meta.yaml")
+        check_inside(exp_dir.path, "experiment", eid)
         if not _NUMERIC_ID.match(eid):
             raise InvalidSource(
                 f"experiment folder name '{eid}' is not a number; MLflow's SQL schema stores "
@@ -272,6 +410,11 @@ class Walk:
                 path=meta_path, kind="experiment", entity_id=eid,
                 hint="Rename one of them in its meta.yaml, or run again with --skip-invalid.",
             )
+        stage = meta.get("lifecycle_stage")
+        if stage is not None and stage not in LIFECYCLE:
+            raise InvalidSource(
+                f"field 'lifecycle_stage' is {stage!r}; MLflow knows active and deleted.",
+                path=meta_path, kind="experiment", entity_id=eid)
         self._experiment_names[name] = eid
         tags = read_key_values(os.path.join(exp_dir.path, "tags"), "experiment", eid, self.ignored)
         return Experiment(
@@ -291,6 +434,14 @@ class Walk:
     def read_run(self, experiment: Experiment, run_path: str) -> Run:
         rid = os.path.basename(run_path)
         meta_path = os.path.join(run_path, "meta.yaml")
+        check_inside(run_path, "run", rid)
+        if not os.path.lexists(meta_path):
+            raise InvalidSource(
+                "is missing: this folder holds a run's data, but MLflow cannot read a run "
+                "without its meta.yaml.",
+                path=meta_path, kind="run", entity_id=rid,
+                hint="Restore the file (from a backup or the machine it was copied from), remove "
+                "the folder, or run again with --skip-invalid to migrate everything else.")
         meta = read_yaml_mapping(meta_path, "run", rid)
 
         def bad(what: str) -> InvalidSource:
@@ -310,7 +461,7 @@ class Walk:
         status = _enum(meta, "status", RUN_STATUS, "RUNNING", bad)
         source_type = _enum(meta, "source_type", SOURCE_TYPE, "UNKNOWN", bad)
         lifecycle = meta.get("lifecycle_stage") or "active"
-        if lifecycle not in LIFECYCLE:
+        if not isinstance(lifecycle, str) or lifecycle not in LIFECYCLE:
             raise bad(f"field 'lifecycle_stage' is {lifecycle!r}; MLflow knows active and deleted.")
         ignored = self.ignored
         params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
@@ -346,6 +497,23 @@ class Walk:
         )
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _holds_any(folder: str, names) -> bool:
+    return any(os.path.lexists(os.path.join(folder, n)) for n in names)
+
+
+def _unreadable(exc: OSError, path: str, kind: str) -> InvalidSource:
+    where = exc.filename or path
+    return InvalidSource(f"cannot be read ({exc.strerror or exc}).", path=where, kind=kind,
+                         entity_id=os.path.basename(path))
+
+
 def _enum(meta, key, names, default, bad) -> str:
     value = meta.get(key)
     if value is None:
@@ -362,7 +530,7 @@ def _read_metrics(folder: str, rid: str, ignored: List[str]):
     metrics = []
     latest = []
     duplicates = 0
-    for key, path in sorted(walk_key_files(folder, ignored)):
+    for key, path in sorted(walk_key_files(folder, ignored, "run", rid)):
         points, last, dups = parse_metric_lines(read_bytes(path, "run", rid), key, path, rid)
         metrics.extend(points)
         latest.append(last)

@@ -84,14 +84,14 @@ class SqliteTarget(Target):
     def prepare(self) -> None:
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
+            blocker = _first_file_on_the_way(folder)
+            if blocker is not None:
+                raise TargetError(
+                    "is a file, not a folder, so the database cannot be created below it.",
+                    path=blocker, hint="Choose another target path.")
             raise TargetError(
                 "the folder for the database does not exist.", path=folder,
                 hint="Create it first (mkdir -p) or choose another target path.",
-            )
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise TargetError(
-                "fs2sql cannot create files in this folder (permission denied).", path=folder,
-                hint="Choose a target in a folder you can write to.",
             )
         if os.path.isdir(self.path):
             raise TargetError("is a folder, not a database file.", path=self.path,
@@ -104,7 +104,25 @@ class SqliteTarget(Target):
                 hint="Choose a new file name, or pass --force to replace the file with the "
                 "migrated database (the old file stays untouched until the new one is complete).",
             )
+        self._probe_writable(folder)
         self._remove_stale_temporaries(folder)
+
+    def _probe_writable(self, folder: str) -> None:
+        """Create and remove the temporary file once. ``os.access`` cannot answer this: it says
+        yes to root everywhere, and no to nobody on a read-only mount or a full disk."""
+        try:
+            fd = os.open(self.tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return  # our own leftover (same pid): removed with the stale temporaries
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _io_error(exc, folder) from None
+            raise TargetError(
+                f"fs2sql cannot create files in this folder ({exc.strerror or exc}).",
+                path=folder, hint="Choose a target in a folder you can write to.",
+            ) from None
+        os.close(fd)
+        os.unlink(self.tmp_path)
 
     def _remove_stale_temporaries(self, folder: str) -> None:
         """Files left by a killed fs2sql (its process is gone) for this same target."""
@@ -143,7 +161,14 @@ class SqliteTarget(Target):
                            "temp_store=MEMORY", "cache_size=-32768", "foreign_keys=OFF"):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
-        self.conn = self._engine.connect()
+        try:
+            self.conn = self._engine.connect()
+        except Exception as exc:
+            self.abort()
+            wrapped = _wrap_db_error(exc, self.tmp_path)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         self._raw = self.conn.connection.driver_connection
         return self.conn
 
@@ -190,6 +215,12 @@ class SqliteTarget(Target):
         except OSError as exc:
             self.abort()
             raise _io_error(exc, self.path) from exc
+        except Exception as exc:
+            self.abort()
+            wrapped = _wrap_db_error(exc, self.tmp_path)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
         except BaseException:
             self.abort()
             raise
@@ -270,18 +301,41 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _first_file_on_the_way(folder: str) -> Optional[str]:
+    """The existing non-folder among ``folder``'s ancestors (``out.txt/new.db``), if any."""
+    path = folder
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    return path if path and not os.path.isdir(path) else None
+
+
+_DISK_FULL_HINT = ("Free some space (the database needs about the size of the mlruns metadata, "
+                   "without artifacts) or choose a target on another disk, and run again.")
+
+
 def _io_error(exc: OSError, path: str) -> TargetError:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetError("the disk is full; nothing was written.", path=path,
-                           hint="Free some space (the database needs about the size of the "
-                           "mlruns metadata) and run again.")
+                           hint=_DISK_FULL_HINT)
     return TargetError(f"cannot be written ({exc.strerror or exc}); nothing was written.",
                        path=path)
 
 
 def _wrap_db_error(exc: Exception, path: str) -> Exception:
+    """SQLite's own I/O failures as one paragraph; anything else is returned unchanged."""
     orig = getattr(exc, "orig", exc)
-    if isinstance(orig, sqlite3.OperationalError) and "full" in str(orig):
-        return TargetError("the disk is full; nothing was written.", path=path,
-                           hint="Free some space and run again.")
+    if isinstance(orig, OSError):
+        return _io_error(orig, path)
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig)
+        if "full" in text:
+            return TargetError("the disk is full; nothing was written.", path=path,
+                               hint=_DISK_FULL_HINT)
+        if "disk I/O error" in text or "readonly database" in text or "unable to open" in text:
+            return TargetError(f"cannot be written ({text}); nothing was written.", path=path,
+                               hint="Check the disk and the folder's permissions, or choose "
+                               "another target.")
     return exc

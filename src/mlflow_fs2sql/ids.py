@@ -73,7 +73,8 @@ def scan_experiments(root: str) -> List[SourceExperiment]:
                     name = str(meta.get("name") or "")
                     ct = meta.get("creation_time")
                     created = ct if isinstance(ct, int) and not isinstance(ct, bool) else None
-            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            except (OSError, yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError,
+                    RecursionError):  # e.g. an impossible date: the walk reports it
                 pass
             found.append(SourceExperiment(int(entry.name), name, created, entry.path))
     return found

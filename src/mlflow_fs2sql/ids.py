@@ -223,7 +223,10 @@ def record(report, plan: IdPlan) -> None:
             "Upgrade this database for a newer MLflow ONLY with 'fs2sql upgrade-schema URL', "
             "never with 'mlflow db upgrade' alone: MLflow's migrations add new 32-bit "
             "experiment_id columns, after which logging models and feedback fails in large-ID "
-            "experiments and trace spans silently go to the artifact store.")
+            "experiments and trace spans silently go to the artifact store. MLflow must reach "
+            "this database through psycopg2 (postgresql+psycopg2://): psycopg 3, SQLAlchemy "
+            "2.1's default for postgresql://, casts every ID parameter to INTEGER and fails on "
+            "large IDs.")
 
 
 def plan_from_db(conn, root: str) -> IdPlan:

@@ -201,7 +201,12 @@ class PostgresTarget(Target):
         self.conn = self._engine = self._raw = None
 
     def start_command(self) -> str:
-        return f"mlflow server --backend-store-uri '{self.display}'"
+        uri = self.display
+        if self.widen:
+            # psycopg 3 binds every experiment ID as '%s::INTEGER' (SQLAlchemy's bind casts),
+            # which fails for large IDs whatever the column: MLflow must use psycopg2 here.
+            uri = "postgresql+psycopg2://" + uri.split("://", 1)[1]
+        return f"mlflow server --backend-store-uri '{uri}'"
 
 
 def move_sequence_past_ids(conn) -> None:

@@ -99,7 +99,7 @@ def assert_strict_failure(store: Path, out: Path, *fragments: str) -> str:
 
 
 def assert_skipped(store: Path, out: Path, *expected: tuple) -> dict:
-    """--skip-invalid: exit 4, every (kind, entity_id) listed with path and reason, verify agrees."""
+    """--skip-invalid: exit 4, each (kind, entity_id) listed with path and reason, verify agrees."""
     before = tree_hash(store)
     report_file = out.parent / "report.json"
     result = cli("migrate", store, out, "--skip-invalid", "--json", report_file, "-q")
@@ -180,7 +180,6 @@ EXPERIMENT_META_CASES = {
 @pytest.mark.parametrize("case", sorted(EXPERIMENT_META_CASES))
 def test_experiment_meta_yaml(store, tmp_path, case):
     how, fragment = EXPERIMENT_META_CASES[case]
-    exp = experiment_dir(store, "ラン-日本語-中文") if False else None  # noqa: F841
     exp = run_dir(store, "ラン-日本語-中文").parent  # a small experiment with one run
     meta = exp / "meta.yaml"
     how(meta)

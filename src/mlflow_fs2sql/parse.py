@@ -49,7 +49,8 @@ def decode_text(data: bytes, path: str, kind: str = "", entity_id: str = "") -> 
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidSource(
-            f"is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); MLflow writes "
+            f"is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); MLflow "
+            "writes "
             "every value file as UTF-8, so this file was changed or damaged outside MLflow.",
             path=path,
             kind=kind,
@@ -193,7 +194,9 @@ def read_yaml_mapping(path: str, kind: str, entity_id: str) -> Dict[str, Any]:
     return data
 
 
-def field_int(meta: Dict[str, Any], key: str, path: str, kind: str, entity_id: str) -> Optional[int]:
+def field_int(
+    meta: Dict[str, Any], key: str, path: str, kind: str, entity_id: str
+) -> Optional[int]:
     """An optional integer field (times in ms); bools and non-integral values are invalid."""
     value = meta.get(key)
     if value is None:

@@ -266,8 +266,8 @@ class Walk:
             for sub, walker in EXPERIMENT_WALKERS.items():
                 folder = os.path.join(exp_dir.path, sub)
                 if os.path.isdir(folder):
-                    yield from self._checked(lambda f=folder, w=walker: w(self, experiment, f),
-                                             sub, folder)
+                    yield from self._checked(
+                        lambda f=folder, w=walker, e=experiment: w(self, e, f), sub, folder)
         for sub in (REGISTRY,):
             folder = os.path.join(self.root, sub)
             if not os.path.isdir(folder):
@@ -467,7 +467,8 @@ class Walk:
         params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
         tags = read_key_values(os.path.join(run_path, "tags"), "run", rid, ignored)
         metrics, latest, duplicates = _read_metrics(os.path.join(run_path, "metrics"), rid, ignored)
-        attached = tuple(a for reader in RUN_READERS for a in reader(self, run_path, rid, experiment))
+        attached = tuple(a for reader in RUN_READERS
+                         for a in reader(self, run_path, rid, experiment))
         name = field_str(meta, "run_name", meta_path, "run", rid)
         if not name:
             # Before 2.0 the name lived only in the tag; both stores fall back to it.

@@ -51,7 +51,8 @@ def describe_sqlite_file(path: str) -> str:
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {r[0] for r in
+                      con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "experiments" in tables and "runs" in tables:
                 n_exp = con.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
                 n_run = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

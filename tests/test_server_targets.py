@@ -475,7 +475,7 @@ def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment
     assert refused.returncode == 1 and "was not widened by fs2sql" in refused.stderr
 
 
-# -- atomicity --------------------------------------------------------------------------------------
+# -- atomicity -------------------------------------------------------------------------------------
 def _kill_during(args, wait_for, timeout=120):
     """Start ``fs2sql migrate``; kill -9 it once ``wait_for()`` is true; return its exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "mlflow_fs2sql", "migrate", *args],

@@ -57,6 +57,8 @@ class PostgresTarget(Target):
         self._raw = None
         self._columns: Optional[TargetColumns] = None
         self._default_present = False
+        self._deferred_fks: List[tuple] = []
+        self._types: dict = {}
 
     # -- connections -------------------------------------------------------------------------
     def engine(self, *, read_only: bool = False):
@@ -128,6 +130,7 @@ class PostgresTarget(Target):
                 self._default_present = self.state.default_experiment
             if self.widen:
                 widen_experiment_ids(self.conn)
+            self._deferred_fks = _detach_foreign_keys(self.conn, _BULK_TABLES)
         except TargetError:
             raise
         except Exception as exc:
@@ -150,8 +153,12 @@ class PostgresTarget(Target):
         names = ", ".join(quote(c) for c in columns)
         try:
             if self.parsed.driver == "psycopg":
+                types = self._binary_types(table, columns)
+                binary = " (FORMAT BINARY)" if types else ""
                 with self._raw.cursor() as cur:
-                    with cur.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy:
+                    with cur.copy(f"COPY {quote(table)} ({names}) FROM STDIN{binary}") as copy:
+                        if types:
+                            copy.set_types(types)
                         write = copy.write_row
                         for row in rows:
                             write(row)
@@ -161,6 +168,20 @@ class PostgresTarget(Target):
                     f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})", rows)
         except Exception as exc:
             raise _load_error(exc, self.parsed, table) from exc
+
+    def _binary_types(self, table: str, columns: Sequence[str]) -> Optional[List[str]]:
+        """Column types for binary COPY of the metric tables (millions of rows, values of
+        exactly known Python types: str, float, int, bool); other tables go as text."""
+        if table not in ("metrics", "latest_metrics"):
+            return None
+        cached = self._types.get(table)
+        if cached is None:
+            found = dict(self.conn.exec_driver_sql(
+                "SELECT a.attname::text, a.atttypid::regtype::text "
+                "FROM pg_attribute a WHERE a.attrelid = to_regclass(%(t)s) AND a.attnum > 0 "
+                "AND NOT a.attisdropped", {"t": quote(table)}).fetchall())
+            cached = self._types[table] = [found[c] for c in columns]
+        return cached
 
     def _replace_default_experiment(self, columns, rows) -> None:
         """MLflow's server made experiment 0 'Default' on first start; the store's own
@@ -173,6 +194,12 @@ class PostgresTarget(Target):
     # -- finish ------------------------------------------------------------------------------
     def publish(self, before: Optional[Callable[[], None]] = None) -> None:
         try:
+            # One validating pass per constraint instead of a trigger call per row; same
+            # transaction, same names and rules as MLflow's migrations made them.
+            for table, name, definition in self._deferred_fks:
+                self.conn.exec_driver_sql(
+                    f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}")
+            self._deferred_fks = []
             move_sequence_past_ids(self.conn)
             if before is not None:
                 before()
@@ -207,6 +234,24 @@ class PostgresTarget(Target):
             # which fails for large IDs whatever the column: MLflow must use psycopg2 here.
             uri = "postgresql+psycopg2://" + uri.split("://", 1)[1]
         return f"mlflow server --backend-store-uri '{uri}'"
+
+
+# The tables that take millions of rows: their foreign keys are checked once, after the load.
+_BULK_TABLES = ("metrics", "latest_metrics", "params", "tags")
+
+
+def _detach_foreign_keys(conn, tables) -> List[tuple]:
+    """Drop the foreign keys of ``tables`` (inside the load's transaction); return
+    (table, name, definition) to re-add them before commit."""
+    found = [tuple(r) for r in conn.exec_driver_sql(
+        "SELECT cl.relname::text, co.conname::text, pg_get_constraintdef(co.oid) "
+        "FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid "
+        "JOIN pg_namespace n ON n.oid = cl.relnamespace "
+        "WHERE co.contype = 'f' AND n.nspname = current_schema() "
+        "AND cl.relname::text = ANY(%(tables)s) ORDER BY 1, 2", {"tables": list(tables)})]
+    for table, name, _ in found:
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
+    return found
 
 
 def move_sequence_past_ids(conn) -> None:

@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..errors import TargetError
 
@@ -148,7 +148,8 @@ def connection_error(exc: BaseException, parsed: ServerUrl, what: str = "connect
     message = parsed.scrub(" ".join(str(orig).split()))
     low = message.lower()
     url = parsed.url
-    where = f"{url.host or 'localhost'}:{url.port or ('5432' if parsed.dialect == 'postgresql' else '3306')}"
+    port = url.port or (5432 if parsed.dialect == "postgresql" else 3306)
+    where = f"{url.host or 'localhost'}:{port}"
     name = "PostgreSQL" if parsed.dialect == "postgresql" else "MySQL/MariaDB"
     if any(s in low for s in ("connection refused", "can't connect", "could not translate",
                               "name or service not known", "timeout expired", "timed out",

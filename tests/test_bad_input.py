@@ -129,7 +129,7 @@ def _damage_run_meta(how):
 RUN_META_CASES = {
     "corrupt": (lambda m: m.write_text("run_id: [abc\nstatus: 3\n"), "is not valid YAML"),
     "empty": (lambda m: m.write_bytes(b""), "is empty"),
-    "truncated": (lambda m: m.write_bytes(m.read_bytes()[:40]), "says run_id None"),
+    "truncated": (lambda m: m.write_bytes(m.read_bytes()[:40]), "has no run_id field"),
     "missing": (lambda m: m.unlink(), "meta.yaml: is missing"),
     "a folder": (lambda m: (m.unlink(), m.mkdir()), "is a folder where MLflow writes a file"),
     "not a mapping": (lambda m: m.write_text("- a\n- b\n"), "should hold a YAML mapping"),

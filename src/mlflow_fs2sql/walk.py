@@ -393,7 +393,12 @@ class Walk:
             )
         meta = read_yaml_mapping(meta_path, "experiment", eid)
         file_id = meta.get("experiment_id")
-        if file_id is None or str(file_id) != eid:
+        if file_id is None:
+            raise InvalidSource(
+                "has no experiment_id field (MLflow always writes one: is the file truncated?).",
+                path=meta_path, kind="experiment", entity_id=eid,
+            )
+        if str(file_id) != eid:
             raise InvalidSource(
                 f"says experiment_id {file_id!r} but lies in folder '{eid}'.",
                 path=meta_path, kind="experiment", entity_id=eid,
@@ -448,7 +453,9 @@ class Walk:
             return InvalidSource(what, path=meta_path, kind="run", entity_id=rid)
 
         file_id = meta.get("run_id") or meta.get("run_uuid")
-        if file_id is None or str(file_id) != rid:
+        if file_id is None:
+            raise bad("has no run_id field (MLflow always writes one: is the file truncated?).")
+        if str(file_id) != rid:
             raise bad(f"says run_id {file_id!r} but lies in folder '{rid}'.")
         if str(meta.get("experiment_id")) != str(experiment.experiment_id):
             raise bad(

@@ -152,7 +152,7 @@ class SqliteTarget(Target):
             copy_file(schema_file, self.tmp_path)
         except OSError as exc:
             self._cleanup()
-            raise _io_error(exc, self.tmp_path) from exc
+            raise _io_error(exc, self.path) from exc
         self._engine = create_engine(f"sqlite:///{self.tmp_path}", poolclass=StaticPool)
 
         @event.listens_for(self._engine, "connect")
@@ -166,7 +166,7 @@ class SqliteTarget(Target):
             self.conn = self._engine.connect()
         except Exception as exc:
             self.abort()
-            wrapped = _wrap_db_error(exc, self.tmp_path)
+            wrapped = _wrap_db_error(exc, self.path)
             if wrapped is exc:
                 raise
             raise wrapped from exc
@@ -190,7 +190,7 @@ class SqliteTarget(Target):
             # parameter processing (values are already plain Python types).
             self.conn.exec_driver_sql(sql, rows)
         except Exception as exc:
-            raise _wrap_db_error(exc, self.tmp_path) from exc
+            raise _wrap_db_error(exc, self.path) from exc
 
     # -- finish ------------------------------------------------------------------------------
     def publish(self, before: Optional[Callable[[], None]] = None) -> None:
@@ -218,7 +218,7 @@ class SqliteTarget(Target):
             raise _io_error(exc, self.path) from exc
         except Exception as exc:
             self.abort()
-            wrapped = _wrap_db_error(exc, self.tmp_path)
+            wrapped = _wrap_db_error(exc, self.path)
             if wrapped is exc:
                 raise
             raise wrapped from exc

@@ -34,8 +34,8 @@ _add_pyenv_pythons_to_path()
 
 
 def _install(session):
-    # uv is used by fixtures_gen to build the MLflow virtualenvs quickly.
-    session.install(".[test]", "uv")
+    # uv: fixtures_gen builds the MLflow virtualenvs with it; pipx: tests/test_pipx.py.
+    session.install(".[test]", "uv", "pipx")
 
 
 @nox.session(python="3.11")

@@ -70,7 +70,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
         writer = Writer(tgt, columns, options.batch_rows) if conn is not None else None
         progress.start("Migrating runs" if writer else "Reading runs", walk.count_runs())
-        for entity, rows in read_ahead(walk):
+        for entity in walk:
+            rows = rows_for(entity)  # built once: the walk's check made and kept them
             for table, table_rows in rows.items():
                 report.found[table] = report.found.get(table, 0) + len(table_rows)
             if writer is not None:
@@ -139,51 +140,6 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
     finally:
         engine.dispose()
     return _finish(report, started, progress)
-
-
-_DONE = object()
-
-
-def read_ahead(walk: Walk, depth: int = 64):
-    """(entity, rows) from ``walk``, read and parsed on a second thread.
-
-    Parsing is Python and holds the GIL; SQLite releases it while it inserts, so on two cores
-    reading the next runs overlaps with writing the previous ones. The queue is bounded (memory
-    stays flat); an error in the reader is raised here, and leaving early stops the reader.
-    """
-    import queue
-    import threading
-
-    q: "queue.Queue" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for entity in walk:
-                if stop.is_set():
-                    return
-                q.put((entity, rows_for(entity)))
-            q.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            q.put(exc)
-
-    reader = threading.Thread(target=produce, name="fs2sql-reader", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                reader.join(0.05)
 
 
 def schema_revision_for(mlflow_version: str) -> str:

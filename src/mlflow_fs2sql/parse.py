@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -73,6 +74,7 @@ class StoreBounds:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.real = os.path.realpath(self.root)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
         self._ok: Set[str] = set()
         self.started_ns = time.time_ns()
         self.modified_during: List[str] = []  # files whose mtime is after the walk started
@@ -80,14 +82,18 @@ class StoreBounds:
     def inside(self, real: str) -> bool:
         return real == self.real or real.startswith(self.real.rstrip(os.sep) + os.sep)
 
-    def check(self, path: str, kind: str = "", entity_id: str = "") -> None:
-        path = os.path.abspath(path)
-        prefix = self.root.rstrip(os.sep) + os.sep
+    def check(self, path: str, kind: str = "", entity_id: str = "", *,
+              last_is_dir: bool = False) -> None:
+        prefix = self._prefix
         if not path.startswith(prefix):
-            return
-        current = self.root
-        for part in path[len(prefix):].split(os.sep):
-            current = os.path.join(current, part)
+            path = os.path.abspath(path)
+            if not path.startswith(prefix):
+                return
+        current = self.root.rstrip(os.sep)
+        parts = path[len(prefix):].split(os.sep)
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            current = current + os.sep + part
             if current in self._ok:
                 continue
             if os.path.islink(current):
@@ -105,10 +111,16 @@ class StoreBounds:
                         f"is a symbolic link to {os.readlink(current)}, which does not exist "
                         "(or is a loop of links).",
                         path=current, kind=kind, entity_id=entity_id)
-            if current != path:  # directories only; files are looked at once anyway
+            if i < last or last_is_dir:  # directories only; files are looked at once anyway
                 if len(self._ok) >= self._MAX_CACHED:
                     self._ok.clear()
                 self._ok.add(current)
+
+    def trust(self, folder: str) -> None:
+        """``folder`` is known not to be a link (its DirEntry said so) below checked folders."""
+        if len(self._ok) >= self._MAX_CACHED:
+            self._ok.clear()
+        self._ok.add(folder)
 
     def note_mtime(self, path: str, mtime_ns: int) -> None:
         # Between the start and now: a file dated in the future was copied from a machine whose
@@ -132,16 +144,41 @@ def store_bounds() -> Optional[StoreBounds]:
     return _BOUNDS
 
 
-def check_inside(path: str, kind: str = "", entity_id: str = "") -> None:
-    """Raise ``InvalidSource`` if ``path`` goes through a link out of the store (or nowhere)."""
+def check_inside(path: str, kind: str = "", entity_id: str = "", *,
+                 is_dir: bool = False) -> None:
+    """Raise ``InvalidSource`` if ``path`` goes through a link out of the store (or nowhere).
+    ``is_dir``: remember ``path`` as checked (folders below it then cost no system call)."""
     if _BOUNDS is not None:
-        _BOUNDS.check(path, kind, entity_id)
+        _BOUNDS.check(path, kind, entity_id, last_is_dir=is_dir)
 
 
-def read_bytes(path: str, kind: str = "", entity_id: str = "") -> bytes:
+def _read_fd(fd: int, path: str, kind: str, entity_id: str) -> bytes:
+    """Read and close ``fd`` (opened from ``path``), noting its modification time."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidSource("is a folder where MLflow writes a file.", path=path, kind=kind,
+                                entity_id=entity_id)
+        if _BOUNDS is not None:
+            _BOUNDS.note_mtime(path, st.st_mtime_ns)
+        f = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise InvalidSource(f"cannot be read ({exc.strerror or exc}).", path=path, kind=kind,
+                                entity_id=entity_id) from None
+
+
+def read_bytes(path: str, kind: str = "", entity_id: str = "", *, watch: bool = False) -> bytes:
+    """The file's bytes. ``watch``: a file MLflow appends to or rewrites while logging (meta.yaml,
+    metric files) -- its modification time is compared with the walk's start."""
     try:
         with open(path, "rb") as f:
-            if _BOUNDS is not None:
+            if watch and _BOUNDS is not None:
                 _BOUNDS.note_mtime(path, os.fstat(f.fileno()).st_mtime_ns)
             return f.read()
     except IsADirectoryError:
@@ -156,13 +193,17 @@ def read_bytes(path: str, kind: str = "", entity_id: str = "") -> bytes:
 
 def read_yaml_mapping(path: str, kind: str, entity_id: str) -> Dict[str, Any]:
     """A meta.yaml as a dict; empty, unparseable or non-mapping files are invalid."""
-    check_inside(path, kind, entity_id)
-    if os.path.isdir(path):
-        raise InvalidSource("is a folder where MLflow writes a file.", path=path, kind=kind,
-                            entity_id=entity_id)
-    if not os.path.lexists(path):
-        raise InvalidSource("is missing.", path=path, kind=kind, entity_id=entity_id)
-    text = decode_text(read_bytes(path, kind, entity_id), path, kind, entity_id)
+    check_inside(os.path.dirname(path), kind, entity_id, is_dir=True)  # cached for a run
+    try:  # the file itself: a link is rare, so look only when O_NOFOLLOW meets one
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise InvalidSource("is missing.", path=path, kind=kind, entity_id=entity_id) from None
+    except OSError:
+        check_inside(path, kind, entity_id)  # a link out of the store, dangling, a loop
+        data = read_bytes(path, kind, entity_id, watch=True)
+    else:
+        data = _read_fd(fd, path, kind, entity_id)
+    text = decode_text(data, path, kind, entity_id)
     try:
         data = yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
@@ -260,10 +301,16 @@ def walk_key_files(
     def bad(what: str, path: str) -> InvalidSource:
         return InvalidSource(what, path=path, kind=kind, entity_id=entity_id)
 
-    if not os.path.lexists(folder):
+    try:
+        mode = os.lstat(folder).st_mode  # one call: exists? a link? a folder?
+    except FileNotFoundError:
         return
-    check_inside(folder, kind, entity_id)
-    if not os.path.isdir(folder):
+    except OSError as exc:
+        raise bad(f"cannot be read ({exc.strerror or exc}).", folder) from None
+    if stat.S_ISLNK(mode):
+        check_inside(folder, kind, entity_id)
+        mode = os.stat(folder).st_mode
+    if not stat.S_ISDIR(mode):
         raise bad("is a file where MLflow keeps a folder (one file per key).", folder)
     visited: Set[str] = set()
     stack = [("", folder)]

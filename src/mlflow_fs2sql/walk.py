@@ -129,6 +129,9 @@ class Walk:
         self.warnings: List[str] = []  # for the report (files changed while being read)
         self._running_files: List[tuple] = []  # (path, mtime_ns, size) of RUNNING runs' files
         self._experiment_names: Dict[str, str] = {}
+        # Run folders that are links, or have no meta.yaml (both rare), as run_dirs saw them.
+        self._linked_runs: Set[str] = set()
+        self._runs_without_meta: Set[str] = set()
         self._run_ids: Dict[str, str] = {}
 
     # -- discovery ---------------------------------------------------------------------------
@@ -185,11 +188,14 @@ class Walk:
             if is_junk(entry.name) or not _is_dir(entry):
                 ignored.append(entry.path)
                 continue
-            if not os.path.lexists(os.path.join(entry.path, "meta.yaml")) and not (
-                    _RUN_ID.match(entry.name) or _holds_any(entry.path, _RUN_CONTENTS)):
-                # Not a run: no meta.yaml and nothing MLflow puts in a run folder.
-                ignored.append(entry.path)
-                continue
+            if not os.path.lexists(os.path.join(entry.path, "meta.yaml")):
+                if not (_RUN_ID.match(entry.name) or _holds_any(entry.path, _RUN_CONTENTS)):
+                    # Not a run: no meta.yaml and nothing MLflow puts in a run folder.
+                    ignored.append(entry.path)
+                    continue
+                self._runs_without_meta.add(entry.path)
+            if entry.is_symlink():
+                self._linked_runs.add(entry.path)
             runs.append(entry.path)  # read_run says what is wrong with it, if anything
         return runs
 
@@ -218,6 +224,12 @@ class Walk:
         self.ignored.clear()
         self.not_migrated.clear()
         self.notes.clear()
+        # A second pass over the same Walk starts afresh (names and IDs seen, counts, skips).
+        self.skipped.clear()
+        self.warnings.clear()
+        self._experiment_names.clear()
+        self._run_ids.clear()
+        self.duplicate_metric_lines = self.running_runs = 0
         self.bounds = set_store_root(self.root)
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
@@ -374,7 +386,7 @@ class Walk:
     def read_experiment(self, exp_dir: ExperimentDir, seen_ids: Set[str]) -> Experiment:
         eid = exp_dir.dir_name
         meta_path = os.path.join(exp_dir.path, "meta.yaml")
-        check_inside(exp_dir.path, "experiment", eid)
+        check_inside(exp_dir.path, "experiment", eid, is_dir=True)
         if not _NUMERIC_ID.match(eid):
             raise InvalidSource(
                 f"experiment folder name '{eid}' is not a number; MLflow's SQL schema stores "
@@ -439,8 +451,11 @@ class Walk:
     def read_run(self, experiment: Experiment, run_path: str) -> Run:
         rid = os.path.basename(run_path)
         meta_path = os.path.join(run_path, "meta.yaml")
-        check_inside(run_path, "run", rid)
-        if not os.path.lexists(meta_path):
+        if run_path in self._linked_runs or self.bounds is None:
+            check_inside(run_path, "run", rid, is_dir=True)
+        else:
+            self.bounds.trust(run_path)  # run_dirs saw it is no link: no system call
+        if run_path in self._runs_without_meta:
             raise InvalidSource(
                 "is missing: this folder holds a run's data, but MLflow cannot read a run "
                 "without its meta.yaml.",
@@ -539,7 +554,8 @@ def _read_metrics(folder: str, rid: str, ignored: List[str]):
     latest = []
     duplicates = 0
     for key, path in sorted(walk_key_files(folder, ignored, "run", rid)):
-        points, last, dups = parse_metric_lines(read_bytes(path, "run", rid), key, path, rid)
+        points, last, dups = parse_metric_lines(read_bytes(path, "run", rid, watch=True), key,
+                                                path, rid)
         metrics.extend(points)
         latest.append(last)
         duplicates += dups

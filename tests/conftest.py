@@ -177,3 +177,20 @@ def require_revision(revision: str) -> None:
         version, _ = default_schema()
         pytest.skip(f"mlflow-skinny {version}, the newest pip installs on this Python, does not "
                     f"ship revision {revision}")
+
+
+def cli_runner():
+    """Typer's CliRunner with stderr apart from stdout (Click < 8.2 mixes them by default)."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()
+
+
+def damage_source_version() -> str:
+    """The newest fixture store the default schema holds: 3.17.2's, or 2.22.5's where pip's
+    mlflow-skinny is older than 3.2 (Python 3.9) and has no assessments table."""
+    return "3.17.2" if "assessments" in default_schema()[1] else "2.22.5"

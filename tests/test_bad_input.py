@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fixture_store, tree_hash
-from typer.testing import CliRunner
+from conftest import cli_runner, damage_source_version, fixture_store, tree_hash
 
 from mlflow_fs2sql.cli import app
 
-runner = CliRunner()
+runner = cli_runner()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -35,7 +34,7 @@ runner = CliRunner()
 def store(tmp_path) -> Path:
     """A writable copy of the small 3.17.2 fixture store (the cached original is read-only)."""
     dst = tmp_path / "mlruns"
-    shutil.copytree(fixture_store("3.17.2", "small"), dst, symlinks=True)
+    shutil.copytree(fixture_store(damage_source_version(), "small"), dst, symlinks=True)
     subprocess.run(["chmod", "-R", "u+w", str(dst)], check=True)
     return dst
 

@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
-from conftest import experiment_meta, run_meta, tree_hash, write_files
-from typer.testing import CliRunner
+from conftest import cli_runner, experiment_meta, run_meta, tree_hash, write_files
 
 from mlflow_fs2sql.cli import app
 
-runner = CliRunner()
+runner = cli_runner()
 
 
 def fs2sql(*args, **kwargs):

@@ -15,14 +15,13 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import fixture_store, tree_hash
+from conftest import cli_runner, damage_source_version, fixture_store, tree_hash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from mlflow_fs2sql.cli import app
 
-runner = CliRunner()
+runner = cli_runner()
 
 OPS = ("truncate", "flip", "delete", "duplicate", "empty", "retype", "to_folder", "parent_to_file")
 # Wrong-typed values a hand edit (or another tool) might leave in a YAML field.
@@ -33,7 +32,7 @@ ODD_VALUES = ([1], {"a": 1}, "x", 12, True, None, -1, 1.5, "2024-01-01", 10**30,
 def pristine(tmp_path_factory):
     """One writable copy of the fixture store, and the files worth damaging (not artifacts)."""
     root = tmp_path_factory.mktemp("pristine") / "mlruns"
-    shutil.copytree(fixture_store("3.17.2", "small"), root, symlinks=True)
+    shutil.copytree(fixture_store(damage_source_version(), "small"), root, symlinks=True)
     subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
     files = sorted(
         os.path.relpath(os.path.join(d, f), root)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import experiment_meta, fixture_store, run_meta, write_files
+from conftest import experiment_meta, fixture_store, require_schema, run_meta, write_files
 
 from mlflow_fs2sql.errors import SchemaError, TargetError
 from mlflow_fs2sql.migrate import MigrateOptions, migrate, verify
@@ -375,6 +375,8 @@ def test_full_fixtures_renumber_and_verify(server, version, tmp_path):
 
     from mlflow_fs2sql.ids import SOURCE_ID_TAG
 
+    if version == "3.17.2":
+        require_schema("assessments")
     store = fixture_store(version, "full")
     url = server.new_db()
     with pytest.raises(SchemaError, match="do not fit"):
@@ -438,6 +440,7 @@ def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment
     import mlflow
     from mlflow import MlflowClient
 
+    require_schema("assessments")
     store = fixture_store("3.17.2", "full")
     url = pg.new_db()
     result = run_cli("migrate", str(store), url, "--experiment-ids", "widen", "--mlflow-version",
@@ -512,6 +515,7 @@ def _pg_admin_query(sql):
 
 @pytest.mark.parametrize("moment", ["schema", "copy", "verify"])
 def test_kill_9_during_a_postgres_migration_leaves_an_empty_database(pg, moment):
+    require_schema("assessments")
     store = fixture_store("3.17.2", "full")
     url = pg.new_db()
     like = {"schema": "%%alembic%%", "copy": "COPY %%", "verify": "SELECT %%run_uuid%%"}[moment]
@@ -525,6 +529,7 @@ def test_kill_9_during_a_postgres_migration_leaves_an_empty_database(pg, moment)
 
 
 def test_kill_9_during_a_mysql_migration_leaves_no_tables_and_a_rerun_works(my):
+    require_schema("assessments")
     store = fixture_store("3.17.2", "full")
     url = my.new_db()
     name = url.rsplit("/", 1)[1]

@@ -252,7 +252,7 @@ METRIC_CASES = {
     "non-numeric value": (b"1718000000000 high 0\n", "line 1 cannot be parsed"),
     "non-numeric timestamp": (b"yesterday 0.5 0\n", "line 1 cannot be parsed"),
     "non-numeric step": (b"1718000000000 0.5 1.5\n", "line 1 cannot be parsed"),
-    "blank line in the middle": (b"1 0.5 0\n\n2 0.5 1\n", "line 2 has 1 fields"),
+    "blank line in the middle": (b"1 0.5 0\n\n2 0.5 1\n", "line 2 is blank"),
     "huge timestamp": (b"99999999999999999999 0.5 0\n", "too large for MLflow's 64-bit"),
     "empty file": (b"", "is an empty metric file"),
     "not UTF-8": (b"1 0.5 0\n\xff\xfe\n", "is not valid UTF-8"),

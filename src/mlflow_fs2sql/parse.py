@@ -369,6 +369,10 @@ def sanitize_metric(value: float) -> Tuple[float, bool]:
     return value, False
 
 
+class _BadLine(ValueError):
+    """A metric line of the wrong shape (as opposed to a field that is not a number)."""
+
+
 def parse_metric_lines(
     data: bytes, key: str, path: str, run_id: str
 ) -> Tuple[List[MetricPoint], MetricPoint, int]:
@@ -386,7 +390,6 @@ def parse_metric_lines(
     points: List[MetricPoint] = []
     seen = set()
     latest: Optional[MetricPoint] = None
-    latest_cmp = None
     duplicates = 0
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -398,25 +401,27 @@ def parse_metric_lines(
             kind="run",
             entity_id=run_id,
         )
+    lstep = lts = lval = None
+    append, add = points.append, seen.add
     for number, line in enumerate(lines, 1):
-        parts = line.strip().split(" ")
-        n = len(parts)
+        parts = line.split()  # like MLflow's strip().split(" "), also past a stray double space
         try:
+            n = len(parts)
             if n == 3 or n == 5:
-                ts = int(parts[0])
-                raw = float(parts[1])
-                step = int(parts[2])
+                p0, p2 = parts[0], parts[2]
+                ts, raw, step = int(p0), float(parts[1]), int(p2)
             elif n == 2:
-                ts = int(parts[0])
-                raw = float(parts[1])
-                step = 0
+                p0 = p2 = parts[0]
+                ts, raw, step = int(p0), float(parts[1]), 0
+            elif n == 0:
+                raise _BadLine("is blank (MLflow cannot read a metric file with a blank line)")
             else:
-                raise ValueError(f"has {n} fields; MLflow writes 'timestamp value step'")
-            if not (INT64_MIN <= ts <= INT64_MAX and INT64_MIN <= step <= INT64_MAX):
-                raise ValueError("has a timestamp or step too large for MLflow's 64-bit columns")
+                raise _BadLine(f"has {n} fields; MLflow writes 'timestamp value step'")
+            if (len(p0) > 18 or len(p2) > 18) and not (
+                    INT64_MIN <= ts <= INT64_MAX and INT64_MIN <= step <= INT64_MAX):
+                raise _BadLine("has a timestamp or step too large for MLflow's 64-bit columns")
         except ValueError as exc:
-            detail = str(exc) if "fields" in str(exc) or "64-bit" in str(exc) else \
-                f"cannot be parsed ({exc})"
+            detail = str(exc) if isinstance(exc, _BadLine) else f"cannot be parsed ({exc})"
             raise InvalidSource(
                 f"line {number} {detail}: {line[:80]!r}.",
                 path=path,
@@ -431,15 +436,15 @@ def parse_metric_lines(
             value, is_nan = -MAX_DOUBLE, False
         else:
             value, is_nan = raw, False
-        ident = (ts, step, value, is_nan)
-        if ident in seen:
+        point = (key, value, ts, step, is_nan)  # key is the same for the whole file
+        if point in seen:
             duplicates += 1
             continue
-        seen.add(ident)
-        point = (key, value, ts, step, is_nan)
-        points.append(point)
-        cmp = (step, ts, value)
-        if latest_cmp is None or cmp > latest_cmp:
-            latest, latest_cmp = point, cmp
+        add(point)
+        append(point)
+        # (step, timestamp, value) strictly greater than the current latest, without a tuple
+        if lstep is None or step > lstep or (step == lstep and (
+                ts > lts or (ts == lts and value > lval))):
+            latest, lstep, lts, lval = point, step, ts, value
     assert latest is not None
     return points, latest, duplicates

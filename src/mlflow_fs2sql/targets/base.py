@@ -28,12 +28,20 @@ class Target:
         """Create the empty schema and return an open connection in one transaction."""
         raise NotImplementedError
 
+    conn = None  # the open connection of the load (``begin``)
+    _columns: Optional[TargetColumns] = None
+
     def columns(self) -> TargetColumns:
-        raise NotImplementedError
+        """Column names and sizes as the target's schema has them (read once)."""
+        if self._columns is None:
+            from ..schema import read_target_columns
+
+            self._columns = read_target_columns(self.conn)
+        return self._columns
 
     def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
         """The order in which ``insert_many`` expects the values of each row."""
-        raise NotImplementedError
+        return list(columns)
 
     def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
         raise NotImplementedError

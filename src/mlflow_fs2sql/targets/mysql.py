@@ -47,7 +47,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
 from ..rows import TargetColumns
-from ..schema import mlflow_skinny_version, read_target_columns
+from ..schema import mlflow_skinny_version
 from .base import Target
 from .server import (
     INT32_MAX,
@@ -182,14 +182,6 @@ class MysqlTarget(Target):
             raise connection_error(exc, self.parsed, "create MLflow's tables") from exc
         self.mlflow_skinny_version = mlflow_skinny_version()
         return self.conn
-
-    def columns(self) -> TargetColumns:
-        if self._columns is None:
-            self._columns = read_target_columns(self.conn)
-        return self._columns
-
-    def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
-        return list(columns)
 
     def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
         names = ", ".join(quote(c) for c in columns)

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
 from ..rows import TargetColumns
-from ..schema import mlflow_skinny_version, read_target_columns
+from ..schema import mlflow_skinny_version
 from .base import Target
 from .server import (
     INT32_MAX,
@@ -138,14 +138,6 @@ class PostgresTarget(Target):
         self.mlflow_skinny_version = mlflow_skinny_version()
         self._raw = self.conn.connection.driver_connection
         return self.conn
-
-    def columns(self) -> TargetColumns:
-        if self._columns is None:
-            self._columns = read_target_columns(self.conn)
-        return self._columns
-
-    def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
-        return list(columns)
 
     def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
         if table == "experiments" and self._default_present:

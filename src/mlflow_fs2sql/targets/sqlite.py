@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
 from ..rows import TargetColumns
-from ..schema import copy_file, empty_sqlite_schema, read_target_columns
+from ..schema import copy_file, empty_sqlite_schema
 from .base import Target
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -187,11 +187,6 @@ class SqliteTarget(Target):
         for name, _ in found:
             self.conn.exec_driver_sql(f'DROP INDEX "{name}"')
         return [sql for _, sql in found]
-
-    def columns(self) -> TargetColumns:
-        if self._columns is None:
-            self._columns = read_target_columns(self.conn)
-        return self._columns
 
     def insert_order(self, table: str, columns: Sequence[str]) -> List[str]:
         sql, order = _compile_insert(self.conn, table, columns)

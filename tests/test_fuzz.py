@@ -118,7 +118,7 @@ def check_one(store, out, skip_invalid: bool, done):
         assert sorted(os.listdir(out.parent)) == ["mlruns"], (done, os.listdir(out.parent))
         return
     verified = invoke("verify", store, out, "--json", "-", *extra)
-    assert verified.exit_code == result.exit_code, (done, verified.output)
+    assert verified.exit_code == 0, (done, verified.output)  # the same skips: it passes
     assert json.loads(verified.stdout)["mismatch_count"] == 0, (done, verified.stdout)
     os.unlink(out)
     assert sorted(os.listdir(out.parent)) == ["mlruns"], (done, os.listdir(out.parent))

@@ -190,8 +190,8 @@ class Dumper:
         out = []
         for exp_id in exp_ids:
             try:
-                traces = _paged(lambda t: self.client.search_traces(
-                    experiment_ids=[exp_id], max_results=PAGE, page_token=t))
+                traces = _paged(lambda t, _e=exp_id: self.client.search_traces(
+                    experiment_ids=[_e], max_results=PAGE, page_token=t))
             except Exception as exc:  # noqa: BLE001 - one unreadable trace fails the search
                 self.unsupported[f"traces[experiment_id={exp_id}]"] = \
                     f"{type(exc).__name__}: {exc}".splitlines()[0][:500]

@@ -90,7 +90,7 @@ class Fixture:
                 print(f"[skip] {name} (needs MLflow >= {since}): {msg}", file=sys.stderr)
             else:
                 traceback.print_exc()
-                raise SystemExit(f"feature {name!r} failed on MLflow {MLFLOW_VERSION}")
+                raise SystemExit(f"feature {name!r} failed on MLflow {MLFLOW_VERSION}") from None
 
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why
@@ -376,8 +376,8 @@ class Fixture:
 
     def prompts(self) -> None:
         genai = getattr(mlflow, "genai", None)
-        register = getattr(genai, "register_prompt", None) or getattr(mlflow, "register_prompt")
-        set_alias = getattr(genai, "set_prompt_alias", None) or getattr(mlflow, "set_prompt_alias")
+        register = getattr(genai, "register_prompt", None) or mlflow.register_prompt
+        set_alias = getattr(genai, "set_prompt_alias", None) or mlflow.set_prompt_alias
         for i in range(self.cfg["prompts"]):
             name = f"fixture-prompt-{i}"
             register(name=name, template="Hello {{name}} ✓!", commit_message="first",

@@ -10,15 +10,17 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from . import (
+    ids,
+    kinds,  # noqa: F401  (registers every entity kind)
+)
 from .errors import SchemaError, VerificationFailed
-from .releases import describe_releases
-from .schema import cached_schema_columns
 from .model import Run
 from .progress import NULL_PROGRESS, Progress
+from .releases import describe_releases
 from .report import Report
-from . import ids
-from . import kinds  # noqa: F401  (registers every entity kind)
 from .rows import rows_for, table_order
+from .schema import cached_schema_columns
 from .targets import open_target
 from .walk import Walk, locate_store
 from .write import DEFAULT_BATCH_ROWS, Writer

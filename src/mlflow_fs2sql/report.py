@@ -145,7 +145,8 @@ def render(report: Report, console) -> None:
     for note in report.notes:
         console.print(f"Note: {note}", markup=False, soft_wrap=True)
     for kind, paths in sorted(report.not_migrated.items()):
-        console.print(f"Not migrated ({kind}): {len(paths)}, e.g. {paths[0]}", markup=False, soft_wrap=True)
+        console.print(f"Not migrated ({kind}): {len(paths)}, e.g. {paths[0]}", markup=False,
+                      soft_wrap=True)
     if report.ignored:
         console.print(f"Ignored (not MLflow data): {len(report.ignored)}, e.g. "
                       f"{report.ignored[0]}", markup=False, soft_wrap=True)

@@ -58,12 +58,12 @@ def create_schema(connection, revision: Optional[str] = None) -> str:
     ``alembic upgrade`` with the scripts shipped in mlflow-skinny, up to ``revision`` (default: the
     head of the installed release).
     """
+    import logging.config
+
     from alembic import command
     from alembic.migration import MigrationContext
     from mlflow.store.db.utils import _get_alembic_config
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
-
-    import logging.config
 
     InitialBase.metadata.create_all(connection)
     config = _get_alembic_config(connection.engine.url.render_as_string(hide_password=False))

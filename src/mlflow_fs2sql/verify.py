@@ -133,7 +133,7 @@ class Verifier:
     def finish(self, source_has_default: bool) -> None:
         from sqlalchemy import func, select
 
-        for table, (stmt, _, pk_idx, names, t) in self._plans.items():
+        for table, (stmt, _, _pk, names, t) in self._plans.items():
             spec = SPECS[table]
             if not spec.per_entity:
                 have = {}

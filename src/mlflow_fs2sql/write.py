@@ -16,7 +16,8 @@ DEFAULT_BATCH_ROWS = 50_000
 
 
 class Writer:
-    def __init__(self, target: Target, columns: TargetColumns, batch_rows: int = DEFAULT_BATCH_ROWS):
+    def __init__(self, target: Target, columns: TargetColumns,
+                 batch_rows: int = DEFAULT_BATCH_ROWS):
         self.target = target
         self.batch_rows = batch_rows
         self.written: Dict[str, int] = {t: 0 for t in table_order()}

@@ -6,4 +6,6 @@ Each module registers its tables (``rows.register_tables``), its row builder
 """
 
 # Order matters: parents' tables before children's (datasets and logged models reference runs).
-from . import datasets, logged_models, registry, traces  # noqa: E402,F401
+# isort: off
+from . import datasets, logged_models, traces, registry  # noqa: E402,F401
+# isort: on

@@ -242,29 +242,18 @@ def field_int(
     value = meta.get(key)
     if value is None:
         return None
+
+    def bad(what: str) -> InvalidSource:
+        return InvalidSource(f"field '{key}' {what}", path=path, kind=kind, entity_id=entity_id)
+
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidSource(
-            f"field '{key}' should be an integer but is {value!r}.",
-            path=path,
-            kind=kind,
-            entity_id=entity_id,
-        )
+        raise bad(f"should be an integer but is {value!r}.")
     try:
         number = int(value)
     except ValueError:
-        raise InvalidSource(
-            f"field '{key}' should be an integer but is {value!r}.",
-            path=path,
-            kind=kind,
-            entity_id=entity_id,
-        ) from None
+        raise bad(f"should be an integer but is {value!r}.") from None
     if not INT64_MIN <= number <= INT64_MAX:
-        raise InvalidSource(
-            f"field '{key}' is {value!r}, too large for MLflow's 64-bit integer column.",
-            path=path,
-            kind=kind,
-            entity_id=entity_id,
-        )
+        raise bad(f"is {value!r}, too large for MLflow's 64-bit integer column.")
     return number
 
 

@@ -390,6 +390,10 @@ def test_full_fixtures_renumber_and_verify(server, version, tmp_path):
         f"{'`key`' if server.kind == 'mysql' else 'key'} = '{SOURCE_ID_TAG}'")}
     assert mapping and all(new < 2**31 for new in mapping.values())
     assert sorted(mapping.values()) == list(range(1, len(mapping) + 1))
+    # the same mapping, as data, in the report (and so in --json)
+    assert report.experiment_ids["policy"] == "renumber"
+    assert {int(k): v for k, v in report.experiment_ids["renumbered"].items()} == mapping
+    assert report.to_dict()["experiment_ids"] == report.experiment_ids
     again = verify(str(store), url)
     assert again.ok and again.verified["runs"] == report.written["runs"]
     # runs follow their experiment

@@ -209,7 +209,9 @@ def applied(mapping: Dict[int, int]) -> Iterator[None]:
 
 
 def record(report, plan: IdPlan) -> None:
-    """The plan in the report (notes and warnings, so also in --json)."""
+    """The plan in the report (notes and warnings, so also in --json, with the mapping as data)."""
+    report.experiment_ids = {"policy": plan.policy,
+                             "renumbered": {str(k): v for k, v in sorted(plan.mapping.items())}}
     if plan.mapping:
         report.notes.append(
             f"{len(plan.mapping)} experiments got new IDs to fit MLflow's 32-bit experiment_id "

@@ -37,6 +37,8 @@ class Report:
     mlflow_skinny_version: str = ""
     revision: str = ""
     opens_in: str = ""  # which MLflow releases open the result as it is
+    # {"policy": keep|renumber|widen, "renumbered": {source ID: database ID}}
+    experiment_ids: Dict[str, object] = field(default_factory=dict)
     found: Dict[str, int] = field(default_factory=dict)
     written: Optional[Dict[str, int]] = None
     verified: Optional[Dict[str, int]] = None
@@ -89,6 +91,7 @@ class Report:
                 }
                 for label, table in kinds()
             ],
+            "experiment_ids": self.experiment_ids,
             "mismatch_count": self.mismatch_count,
             "mismatches": self.mismatches,
             "skipped": [vars(s) for s in self.skipped],

@@ -46,17 +46,12 @@ import hashlib
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
-from ..rows import TargetColumns
 from ..schema import mlflow_skinny_version
-from .base import Target
 from .server import (
-    INT32_MAX,
-    TargetState,
+    ServerTarget,
     connection_error,
     create_schema_in_transaction,
     inspect_state,
-    parse_server_url,
-    require_driver,
 )
 
 LOAD_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION"
@@ -75,24 +70,18 @@ def stage_name(database: str, prefix: str = "fs2sql_stage_") -> str:
     return name
 
 
-class MysqlTarget(Target):
-    experiment_id_limit = INT32_MAX
+class MysqlTarget(ServerTarget):
     can_widen = False
 
     def __init__(self, target: str, *, overwrite: bool = False, revision: Optional[str] = None):
-        self.parsed = parse_server_url(target)
-        require_driver(self.parsed)
-        self.display = self.parsed.display
-        self.requested_revision = revision
+        super().__init__(target, revision=revision)
         self.database = self.parsed.database
         self.stage = stage_name(self.database)
         # Where an MLflow-initialised target's own tables go in the same RENAME (not the stage:
         # InnoDB's foreign key names are per database and would collide there).
         self.old = stage_name(self.database, "fs2sql_old_")
-        self.state: Optional[TargetState] = None
-        self._admin_engine = self._engine = None
-        self.admin = self.conn = None
-        self._columns: Optional[TargetColumns] = None
+        self._admin_engine = None
+        self.admin = None
         self._locked = False
 
     # -- connections -------------------------------------------------------------------------

@@ -19,17 +19,13 @@ import re
 from typing import Callable, List, Optional, Sequence
 
 from ..errors import TargetError
-from ..rows import TargetColumns
 from ..schema import mlflow_skinny_version
-from .base import Target
 from .server import (
-    INT32_MAX,
+    ServerTarget,
     TargetState,
     connection_error,
     create_schema_in_transaction,
     inspect_state,
-    parse_server_url,
-    require_driver,
     upgrade_in_transaction,
 )
 
@@ -41,21 +37,13 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class PostgresTarget(Target):
-    experiment_id_limit = INT32_MAX
+class PostgresTarget(ServerTarget):
     can_widen = True
 
     def __init__(self, target: str, *, overwrite: bool = False, revision: Optional[str] = None):
-        self.parsed = parse_server_url(target)
-        require_driver(self.parsed)
-        self.display = self.parsed.display
-        self.requested_revision = revision
+        super().__init__(target, revision=revision)
         self.widen = False
-        self.state: Optional[TargetState] = None
-        self._engine = None
-        self.conn = None
         self._raw = None
-        self._columns: Optional[TargetColumns] = None
         self._default_present = False
         self._deferred_fks: List[tuple] = []
         self._types: dict = {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import TargetError
+from .base import Target
 
 INT32_MAX = 2**31 - 1
 MASK = "***"
@@ -342,3 +343,20 @@ def upgrade_in_transaction(conn, revision: Optional[str], *, initial: bool = Fal
             with env.begin_transaction():
                 env.run_migrations()
 
+
+
+class ServerTarget(Target):
+    """What PostgreSQL and MySQL targets share: the parsed URL (credentials masked in
+    ``display``), the driver check, the requested revision and the inspected state."""
+
+    experiment_id_limit = INT32_MAX
+
+    def __init__(self, target: str, *, revision: Optional[str] = None):
+        self.parsed = parse_server_url(target)
+        require_driver(self.parsed)
+        self.display = self.parsed.display
+        self.requested_revision = revision
+        self.state: Optional[TargetState] = None
+        self._engine = None
+        self.conn = None
+        self._columns = None

@@ -29,6 +29,7 @@ class Target:
         raise NotImplementedError
 
     conn = None  # the open connection of the load (``begin``)
+    _engine = None
     _columns: Optional[TargetColumns] = None
 
     def columns(self) -> TargetColumns:
@@ -49,6 +50,17 @@ class Target:
     def publish(self, before: Optional[Callable[[], None]] = None) -> None:
         """Commit and make the result visible; ``before`` runs (e.g. verify) just before."""
         raise NotImplementedError
+
+    def _close_connection(self) -> None:
+        """Close the load's connection and engine, quietly (also on a half-open one)."""
+        try:
+            if self.conn is not None:
+                self.conn.close()
+            if self._engine is not None:
+                self._engine.dispose()
+        except Exception:
+            pass
+        self.conn = self._engine = None
 
     def abort(self) -> None:
         """Undo everything; the target is as it was before ``prepare``."""

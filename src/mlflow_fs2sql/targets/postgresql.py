@@ -198,14 +198,8 @@ class PostgresTarget(ServerTarget):
         self._close()
 
     def _close(self) -> None:
-        try:
-            if self.conn is not None:
-                self.conn.close()
-            if self._engine is not None:
-                self._engine.dispose()
-        except Exception:
-            pass
-        self.conn = self._engine = self._raw = None
+        self._close_connection()
+        self._raw = None
 
     def start_command(self) -> str:
         uri = self.display

@@ -239,14 +239,7 @@ class SqliteTarget(Target):
             raise
 
     def abort(self) -> None:
-        try:
-            if self.conn is not None:
-                self.conn.close()
-            if self._engine is not None:
-                self._engine.dispose()
-        except Exception:
-            pass
-        self.conn = self._engine = None
+        self._close_connection()
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -69,11 +69,13 @@ def lint(session):
 
 @nox.session(python="3.11")
 def bench(session):
-    """Benchmark fs2sql vs `mlflow migrate-filestore` 3.17.2 vs a floor (bench/README.md).
+    """Benchmark fs2sql vs `mlflow migrate-filestore` 3.17.2 vs a floor (bench/README.md), on
+    SQLite and (--targets, default all three) PostgreSQL and MariaDB.
 
     Extra arguments go to bench/run.py, e.g.
     `nox -s bench -- --sizes 0.4M,1.6M --json bench.json --markdown bench.md`.
     """
-    session.install(".")
+    # fs2sql as a user installs it for server targets: with its psycopg / PyMySQL extras
+    session.install(".[postgres,mysql]")
     fs2sql = os.path.join(session.bin, "fs2sql")
     session.run("python", "bench/run.py", "--fs2sql", fs2sql, *session.posargs)

@@ -2,9 +2,10 @@
 
 Generates a small store with the same generator and settings shape as the benchmark, then:
 
-1. reads it back through ``MlflowClient(tracking_uri="file://...")`` (``MLFLOW_ALLOW_FILE_STORE=true``)
-   and compares every experiment (+tags), run (info, params, tags, full metric history), registered
-   model (+tags, aliases) and model version (+tags) with what the generator intended;
+1. reads it back through ``MlflowClient(tracking_uri="file://...")``
+   (``MLFLOW_ALLOW_FILE_STORE=true``) and compares every experiment (+tags), run (info, params,
+   tags, full metric history), registered model (+tags, aliases) and model version (+tags) with
+   what the generator intended;
 2. checks that nothing extra is visible (run/experiment/model counts);
 3. checks every ``meta.yaml`` byte for byte against what MLflow's own code writes for the same
    entity (``write_yaml`` of ``_make_persisted_run_info_dict(RunInfo)``, ``dict(Experiment)``,
@@ -51,7 +52,7 @@ def check(root: str, spec: gen_store.Spec) -> Checker:
     from mlflow import MlflowClient
     from mlflow.entities import Experiment, RunInfo, ViewType
     from mlflow.store.model_registry.file_store import FileStore as RegistryFileStore
-    from mlflow.store.tracking.file_store import FileStore, _make_persisted_run_info_dict
+    from mlflow.store.tracking.file_store import _make_persisted_run_info_dict
     from mlflow.utils.yaml_utils import write_yaml
 
     assert mlflow.__version__ == "3.17.2", mlflow.__version__

@@ -8,7 +8,8 @@ registered_model_tags, model_versions, model_version_tags, registered_model_alia
 
 Deliberately minimal: one transaction, ``journal_mode=OFF``, ``synchronous=OFF``, 64 MiB page
 cache, the two secondary indexes of ``metrics`` dropped during the load and re-created with the
-same DDL afterwards (the final schema is identical to the template), no foreign-key checks, no validation or reporting, no datasets/traces/logged models (the bench store has none).
+same DDL afterwards (the final schema is identical to the template), no foreign-key checks, no
+validation or reporting, no datasets/traces/logged models (the bench store has none).
 Metrics are de-duplicated with a set per run; ``latest_metrics`` follows MLflow's SQL store: per
 (run, key) the maximum over lines of ``(step, timestamp, sanitized value)``, the first logged line
 winning ties; NaN -> 0.0 with is_nan=1, +-inf -> +-1.7976931348623157e308.
@@ -117,9 +118,13 @@ class Floor:
         self.pending = 0
 
     # ---- tracking ---------------------------------------------------------------------
+    def experiment_id(self, exp_id: str) -> int:
+        """The database ID of a store experiment (the server floor maps 18-digit IDs)."""
+        return int(exp_id)
+
     def experiment(self, exp_dir: str, exp_id: str, deleted: bool) -> None:
         meta = read_yaml(os.path.join(exp_dir, "meta.yaml"))
-        eid = int(exp_id)
+        eid = self.experiment_id(exp_id)
         self.add("experiments", [(eid, meta["name"], meta.get("artifact_location"),
                                   "deleted" if deleted else "active", meta.get("creation_time"),
                                   meta.get("last_update_time"))])
@@ -211,6 +216,27 @@ class Floor:
                 for alias, p in key_files(os.path.join(mdir, "aliases"))])
 
 
+def experiment_dirs(mlruns: str) -> list:
+    """(path, ID as named, deleted?) of every experiment, active ones first, then ``.trash``."""
+    exps = []
+    with os.scandir(mlruns) as it:
+        for e in it:
+            if e.is_dir() and e.name not in (".trash", "models") and e.name.isdigit():
+                exps.append((e.path, e.name, False))
+    trash = os.path.join(mlruns, ".trash")
+    if os.path.isdir(trash):
+        with os.scandir(trash) as it:
+            exps += [(e.path, e.name, True) for e in it if e.is_dir() and e.name.isdigit()]
+    return exps
+
+
+def walk(f: Floor, mlruns: str) -> None:
+    """Read and parse the whole store into ``f`` (which flushes as it goes)."""
+    for exp_dir, exp_id, deleted in experiment_dirs(mlruns):
+        f.experiment(exp_dir, exp_id, deleted)
+    f.registry(os.path.join(mlruns, "models"))
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -235,18 +261,7 @@ def main(argv=None) -> int:
     for name, _ in idx:
         conn.execute(f'DROP INDEX "{name}"')
     f = Floor(conn)
-    exps = []
-    with os.scandir(a.mlruns) as it:
-        for e in it:
-            if e.is_dir() and e.name not in (".trash", "models") and e.name.isdigit():
-                exps.append((e.path, e.name, False))
-    trash = os.path.join(a.mlruns, ".trash")
-    if os.path.isdir(trash):
-        with os.scandir(trash) as it:
-            exps += [(e.path, e.name, True) for e in it if e.is_dir() and e.name.isdigit()]
-    for exp_dir, exp_id, deleted in exps:
-        f.experiment(exp_dir, exp_id, deleted)
-    f.registry(os.path.join(a.mlruns, "models"))
+    walk(f, a.mlruns)
     f.flush(force=True)
     for _, sql in idx:
         conn.execute(sql)

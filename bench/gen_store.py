@@ -82,7 +82,8 @@ def _param_values(rng: random.Random, i_run: int) -> list:
         ("model/hidden_size", str(rng.choice([128, 256, 512, 768, 1024, 4096]))),
         ("model/num_layers", str(rng.randint(2, 48))),
         ("model/activation", rng.choice(["relu", "gelu", "silu", "tanh"])),
-        ("data/path", f"s3://datasets/{rng.choice(['train', 'prod', 'v2'])}/part-{i_run % 97:05d}.parquet"),
+        ("data/path", f"s3://datasets/{rng.choice(['train', 'prod', 'v2'])}/"
+                      f"part-{i_run % 97:05d}.parquet"),
         ("data/train_split", repr(rng.choice([0.7, 0.8, 0.9]))),
         ("data.version", f"v{rng.randint(1, 12)}"),
         ("scheduler", rng.choice(["cosine", "linear", "constant", "one_cycle", "None"])),
@@ -102,13 +103,15 @@ def _tag_values(rng: random.Random, run_name: str, user: str) -> list:
     return [
         ("mlflow.runName", run_name),
         ("mlflow.user", user),
-        ("mlflow.source.name", rng.choice(["train.py", "/home/u/project/train.py", "notebooks/exp.ipynb"])),
+        ("mlflow.source.name", rng.choice(["train.py", "/home/u/project/train.py",
+                                           "notebooks/exp.ipynb"])),
         ("mlflow.source.type", rng.choice(["LOCAL", "LOCAL", "NOTEBOOK", "JOB"])),
         ("mlflow.source.git.commit", "%040x" % rng.getrandbits(160)),
         ("team", rng.choice(["ml-platform", "search", "ads", "vision"])),
         ("env/gpu", rng.choice(["A100", "H100", "T4", "none"])),
         ("priority", rng.choice(["p0", "p1", "p2"])),
-        ("mlflow.note.content", f"Run {run_name}.\nBaseline comparison — see ticket ML-{rng.randint(100, 9999)}.\n"),
+        ("mlflow.note.content", f"Run {run_name}.\nBaseline comparison — see ticket "
+                                f"ML-{rng.randint(100, 9999)}.\n"),
         ("dataset", rng.choice(["imagenet-1k", "internal/churn-2024", "squad-v2"])),
     ]
 
@@ -166,7 +169,8 @@ def _split(total: int, weights: list) -> list:
 
 def _metric_series(rng: random.Random, key: str, n: int, start: int, diverge_at):
     """Return ([(ts, value, step)], last_ts) for one key with ``n`` points, steps 0..n-1."""
-    dt = {"val/loss": 60_000, "val/acc": 60_000, "epoch": 60_000}.get(key, 1_000 + rng.randint(0, 2000))
+    dt = {"val/loss": 60_000, "val/acc": 60_000, "epoch": 60_000}.get(
+        key, 1_000 + rng.randint(0, 2000))
     half = dt // 2
     out = []
     rand = rng.random
@@ -250,7 +254,7 @@ def generate(root: str, spec: Spec, collect: bool = False, artifact_root: str | 
     run_index = 0
     registrable = []  # (run_id, exp_id, artifact_uri, end)
 
-    for (exp_id, exp_dir, deleted, name, created, exp_tags), n_runs in zip(exps, runs_per_exp):
+    for (exp_id, exp_dir, deleted, _name, created, _tags), n_runs in zip(exps, runs_per_exp):
         exp_last_update = created
         del_time = created + 30 * 86_400_000 if deleted else None
         for _ in range(n_runs):
@@ -263,7 +267,8 @@ def generate(root: str, spec: Spec, collect: bool = False, artifact_root: str | 
                        f"{rng.choice(['owl', 'cat', 'yak', 'fox', 'ant', 'bee'])}-{i_run}"
             start = created + 60_000 + i_run * 7_919
             r = rng.random()
-            status = "FINISHED" if r < 0.85 else "FAILED" if r < 0.93 else "KILLED" if r < 0.97 else "RUNNING"
+            status = ("FINISHED" if r < 0.85 else "FAILED" if r < 0.93
+                      else "KILLED" if r < 0.97 else "RUNNING")
             diverge_at = rng.uniform(0.6, 0.95) if rng.random() < 0.05 else None
             # metrics
             n_keys = 4 + rng.randint(0, len(METRIC_KEYS) - 4)

@@ -1,21 +1,26 @@
-"""fs2sql benchmark: fs2sql vs. upstream ``mlflow migrate-filestore`` (3.17.2) vs. a floor.
+"""fs2sql benchmark: fs2sql vs. upstream ``mlflow migrate-filestore`` (3.17.2) vs. a floor, on
+SQLite and on PostgreSQL / MariaDB servers.
 
     python bench/run.py [--sizes 0.4M,1.6M] [--rounds 3] [--fs2sql CMD] [--skip NAME[,NAME]]
-                        [--json FILE] [--markdown FILE] ...
+                        [--targets sqlite,postgresql,mariadb] [--json FILE] [--markdown FILE] ...
 
 Steps (details in bench/README.md):
-1. builds (once) a virtualenv with full ``mlflow==3.17.2`` in
+1. builds (once) a virtualenv with full ``mlflow==3.17.2``, psycopg and PyMySQL in
    ``${FS2SQL_CACHE:-~/.cache/fs2sql-dev}/venvs/bench-mlflow-3.17.2`` and an empty MLflow schema
    (``bench-schema/mlflow-3.17.2.db``) for the floor;
-2. runs bench/check_generator.py in that venv (a small generated store read back through
+2. per server target: times MLflow's ``_initialize_tables`` on a new database and keeps that
+   schema as the server floor's template;
+3. runs bench/check_generator.py in that venv (a small generated store read back through
    MLflow's FileStore) unless ``--no-check``;
-3. generates (or reuses from ``bench-stores/<params>/mlruns``) one store per size;
-4. per size, ``--rounds`` rounds of fs2sql, upstream, floor (alternating), each into a fresh
-   output file, measuring wall time and peak RSS of the process tree;
-5. ``fs2sql --help`` / ``--version`` wall time (median of 5);
-6. prints a table, optionally writes JSON and Markdown.
+4. generates (or reuses from ``bench-stores/<params>/mlruns``) one store per size;
+5. per size, ``--rounds`` rounds of every tool (alternating), each into a fresh output file or
+   server database, measuring wall time, CPU and peak RSS of the process tree (and the CPU
+   time of the server's processes);
+6. ``fs2sql --help`` / ``--version`` wall time (median of 5);
+7. prints a table, optionally writes JSON and Markdown.
 
-Only the standard library is needed here; generator, check and floor run in the bench venv.
+Only the standard library is needed here (plus the ``psql`` / ``mariadb`` clients for server
+targets); generator, check and floors run in the bench venv.
 It is a benchmark, not a test: nothing is asserted about timings.
 """
 
@@ -43,13 +48,41 @@ from pathlib import Path
 MLFLOW_VERSION = "3.17.2"
 BENCH_DIR = Path(__file__).resolve().parent
 MARKER = ".fs2sql-bench-complete"
-TOOLS = ("fs2sql", "upstream", "floor")
+# Tool keys: "fs2sql", "upstream", "floor" write SQLite; "<tool>@<server>" a server database.
+TARGETS = ("sqlite", "postgresql", "mariadb")
+TARGET_ALIASES = {"pg": "postgresql", "postgres": "postgresql", "mysql": "mariadb",
+                  "maria": "mariadb"}
+SERVER_NAME = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}
+TOOLS = ("fs2sql", "upstream", "floor", "fs2sql@postgresql", "floor@postgresql",
+         "fs2sql@mariadb", "floor@mariadb")
+BASE_TOOLS = ("fs2sql", "upstream", "floor")
 TOOL_ALIASES = {"a": "fs2sql", "b": "upstream", "c": "floor", "mlflow": "upstream"}
 TOOL_LABEL = {
     "fs2sql": "fs2sql migrate",
     "upstream": f"mlflow {MLFLOW_VERSION} migrate-filestore",
     "floor": "floor (bench/floor.py)",
+    "fs2sql@postgresql": "fs2sql migrate → PostgreSQL",
+    "floor@postgresql": "floor (COPY) → PostgreSQL",
+    "fs2sql@mariadb": "fs2sql migrate → MariaDB",
+    "floor@mariadb": "floor (executemany) → MariaDB",
 }
+INT32_MAX = 2**31 - 1
+
+
+def tool_base(tool: str) -> str:
+    return tool.split("@", 1)[0]
+
+
+def tool_target(tool: str) -> str:
+    return tool.split("@", 1)[1] if "@" in tool else "sqlite"
+
+
+def tool_label(tool: str, servers: bool) -> str:
+    """SQLite rows say "→ SQLite" when server rows are in the same table."""
+    label = TOOL_LABEL[tool]
+    return label + " → SQLite" if servers and "@" not in tool else label
+
+
 GNU_TIME = "/usr/bin/time"
 # Row counts compared with the generator's manifest after each tool's first run (not timed).
 COUNT_TABLES = ("experiments", "experiment_tags", "runs", "params", "tags", "metrics",
@@ -99,35 +132,64 @@ def find_base_python(override: str | None) -> str:
     return sys.executable
 
 
+# What the bench venv holds; the marker file records it, so a cached venv made before a package
+# was added here is completed (pip install into it) instead of silently lacking it.
+VENV_PACKAGES = (f"mlflow=={MLFLOW_VERSION}", "psycopg[binary]", "pymysql")
+
+
+def _venv_install(py: Path, packages, env: dict) -> None:
+    uv = shutil.which("uv")
+    if uv:
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(py), *packages], check=True,
+                       env=env)
+    else:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], check=True, env=env)
+
+
 def ensure_bench_venv(base_python: str | None) -> Path:
-    """Full mlflow==3.17.2 venv at <cache>/venvs/bench-mlflow-3.17.2 (built in place under a lock;
-    a marker file written last says it is complete, a leftover without it is rebuilt)."""
+    """Full mlflow==3.17.2 venv (+ psycopg, PyMySQL for the server floor) at
+    <cache>/venvs/bench-mlflow-3.17.2, built in place under a lock. A marker file written last
+    lists the installed requirements: without it (half-built) the venv is rebuilt, with an older
+    list (no drivers) the missing packages are added."""
     venv = cache_root() / "venvs" / f"bench-mlflow-{MLFLOW_VERSION}"
     py = venv / "bin" / "python"
-    if (venv / MARKER).exists():
+    want = "\n".join(VENV_PACKAGES) + "\n"
+
+    def have() -> str | None:
+        try:
+            return (venv / MARKER).read_text()
+        except OSError:
+            return None
+
+    if have() == want:
         return venv
     with file_lock(venv.parent / f".bench-mlflow-{MLFLOW_VERSION}.lock"):
-        if (venv / MARKER).exists():
+        marker = have()
+        if marker == want:
+            return venv
+        env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
+        if marker is not None and py.exists():
+            missing = [p for p in VENV_PACKAGES if p not in marker.split()
+                       and not p.startswith("mlflow==")]
+            log(f"completing {venv}: {' '.join(missing)}")
+            _venv_install(py, missing, env)
+            (venv / MARKER).write_text(want)
             return venv
         if venv.exists():
             shutil.rmtree(venv)
         base = find_base_python(base_python)
-        log(f"building {venv} (mlflow=={MLFLOW_VERSION}, base {base})")
-        env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
+        log(f"building {venv} ({' '.join(VENV_PACKAGES)}, base {base})")
         uv = shutil.which("uv")
         try:
             if uv:
                 subprocess.run([uv, "venv", "-q", "-p", base, str(venv)], check=True, env=env)
-                subprocess.run([uv, "pip", "install", "-q", "-p", str(py),
-                                f"mlflow=={MLFLOW_VERSION}"], check=True, env=env)
             else:
                 subprocess.run([base, "-m", "venv", str(venv)], check=True)
-                subprocess.run([str(py), "-m", "pip", "install", "-q",
-                                f"mlflow=={MLFLOW_VERSION}"], check=True, env=env)
+            _venv_install(py, VENV_PACKAGES, env)
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
-        (venv / MARKER).write_text(MLFLOW_VERSION + "\n")
+        (venv / MARKER).write_text(want)
     return venv
 
 
@@ -341,6 +403,218 @@ def row_counts(db: Path) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# server targets (PostgreSQL, MariaDB): admin work with the psql / mariadb command-line clients
+# ---------------------------------------------------------------------------------------------
+SERVER_ENV = {"postgresql": ("FS2SQL_TEST_PG_URL",
+                             "postgresql://postgres@127.0.0.1:5432/postgres"),
+              "mariadb": ("FS2SQL_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/mysql")}
+# process names whose CPU time is the server's (summed over the processes / their threads)
+SERVER_PROCS = {"postgresql": ("postgres",), "mariadb": ("mariadbd", "mysqld")}
+_SCHEMA_CODE = """import os, sys, time, logging
+logging.disable(logging.CRITICAL)
+t0 = time.perf_counter()
+from sqlalchemy import create_engine
+from mlflow.store.db.utils import _initialize_tables
+t1 = time.perf_counter()
+engine = create_engine(os.environ["FS2SQL_BENCH_SA_URL"])
+_initialize_tables(engine)
+engine.dispose()
+print(round(t1 - t0, 3), round(time.perf_counter() - t1, 3))
+"""
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class Server:
+    """One database server, reached through its admin URL (env ``FS2SQL_TEST_PG_URL`` /
+    ``FS2SQL_TEST_MYSQL_URL``). Databases are created and dropped with the command-line clients
+    (``psql``; ``mariadb``/``mysql``, ``mariadb-dump``/``mysqldump``); the password, if any,
+    goes to them through PGPASSWORD / MYSQL_PWD, never on a command line."""
+
+    def __init__(self, kind: str):
+        from urllib.parse import unquote, urlsplit
+
+        self.kind = kind
+        self.name = SERVER_NAME[kind]
+        env, default = SERVER_ENV[kind]
+        self.admin_url = os.environ.get(env) or default
+        u = urlsplit(self.admin_url)
+        self.scheme = "postgresql" if kind == "postgresql" else "mysql"
+        self.user = unquote(u.username) if u.username else None
+        self.password = unquote(u.password) if u.password else None
+        self.host = u.hostname or ("127.0.0.1" if kind == "mariadb" else None)
+        self.port = u.port or (5432 if kind == "postgresql" else 3306)
+        self.admin_db = unquote(u.path.lstrip("/")) or ("postgres" if kind == "postgresql"
+                                                        else "mysql")
+        self.query = u.query
+        self._netloc = u.netloc  # as given (with the password, for the tools' URLs)
+        self.version = None
+        self.template = None  # PostgreSQL: template database; MariaDB: dump file
+        self.template_db = None
+        self.dbs: list[str] = []  # created and not yet dropped
+
+    # -- URLs --------------------------------------------------------------------------------
+    def url(self, db: str) -> str:
+        """The URL fs2sql and the floor get (the admin URL with another database)."""
+        return f"{self.scheme}://{self._netloc}/{db}" + (f"?{self.query}" if self.query else "")
+
+    def sa_url(self, db: str) -> str:
+        drv = "postgresql+psycopg" if self.kind == "postgresql" else "mysql+pymysql"
+        return f"{drv}://{self._netloc}/{db}" + (f"?{self.query}" if self.query else "")
+
+    def display(self, db: str) -> str:
+        url = self.url(db)
+        return url.replace(f":{self.password}@", ":***@") if self.password else url
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD" if self.kind == "postgresql" else "MYSQL_PWD"] = self.password
+        return env
+
+    # -- client commands ---------------------------------------------------------------------
+    def _client(self, db: str | None) -> list[str]:
+        if self.kind == "postgresql":
+            from urllib.parse import quote
+
+            user = f"{quote(self.user, safe='')}@" if self.user else ""
+            host = self.host or ""
+            uri = f"postgresql://{user}{host}:{self.port}/{db or self.admin_db}"
+            if self.query:
+                uri += f"?{self.query}"
+            return ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", uri]
+        exe = shutil.which("mariadb") or shutil.which("mysql") or "mariadb"
+        cmd = [exe, "--protocol=TCP", "-h", self.host, "-P", str(self.port), "-N", "-B"]
+        if self.user:
+            cmd += ["-u", self.user]
+        return cmd + [db or self.admin_db]
+
+    def sql(self, statement: str, db: str | None = None, stdin=None) -> str:
+        cmd = self._client(db)
+        if statement:
+            cmd += ["-c" if self.kind == "postgresql" else "-e", statement]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=self.env(),
+                           stdin=stdin if stdin is not None else subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise ServerError(f"{self.name}: {statement[:200] or '(script)'}: "
+                              f"{p.stderr.strip()[-1500:]}")
+        return p.stdout
+
+    def connect_check(self) -> str:
+        version = self.sql("SELECT version()").strip().splitlines()[0]
+        self.version = version.split(" on ", 1)[0]  # "PostgreSQL 15.20 (Debian ...)"
+        return self.version
+
+    def qname(self, db: str) -> str:
+        return f'"{db}"' if self.kind == "postgresql" else f"`{db}`"
+
+    def create(self, db: str, from_template: bool = False) -> None:
+        if self.kind == "postgresql":
+            tmpl = f" TEMPLATE {self.qname(self.template_db)}" if from_template else ""
+            self.sql(f"CREATE DATABASE {self.qname(db)}{tmpl}")
+            self.dbs.append(db)
+        else:
+            self.sql(f"CREATE DATABASE {self.qname(db)} CHARACTER SET utf8mb4")
+            self.dbs.append(db)
+            if from_template:
+                with open(self.template, "rb") as fh:
+                    self.sql("", db=db, stdin=fh)
+
+    def drop(self, db: str) -> None:
+        force = " WITH (FORCE)" if self.kind == "postgresql" else ""
+        self.sql(f"DROP DATABASE IF EXISTS {self.qname(db)}{force}")
+        if db in self.dbs:
+            self.dbs.remove(db)
+
+    def row_counts(self, db: str) -> dict:
+        q = " UNION ALL ".join(f"SELECT '{t}', COUNT(*) FROM {t}" for t in COUNT_TABLES)
+        out = {t: None for t in COUNT_TABLES}
+        try:
+            for line in self.sql(q, db=db).splitlines():
+                t, _, n = line.replace("|", "\t").partition("\t")
+                out[t.strip()] = int(n)
+        except (ServerError, ValueError) as exc:
+            log(f"  row counts on {self.name} failed: {exc}")
+        return out
+
+    # -- schema template -------------------------------------------------------------------
+    def make_template(self, venv: Path, workdir: Path) -> dict:
+        """Creates a database, times MLflow's ``_initialize_tables`` on it (in the bench venv),
+        and keeps it as the floor's template (MariaDB: as a dump file, loaded per round)."""
+        db = self.template_db = f"fs2sql_bench_tmpl_{os.getpid()}"
+        self.drop(db)
+        self.create(db)
+        env = dict(self.env(), FS2SQL_BENCH_SA_URL=self.sa_url(db))
+        t0 = time.perf_counter()
+        p = subprocess.run([str(venv / "bin" / "python"), "-c", _SCHEMA_CODE], env=env,
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise ServerError(f"{self.name}: _initialize_tables failed: {p.stderr[-1500:]}")
+        imports_s, init_s = (float(x) for x in p.stdout.split()[-2:])
+        if self.kind == "postgresql":
+            self.template = db
+        else:
+            dump = shutil.which("mariadb-dump") or shutil.which("mysqldump") or "mariadb-dump"
+            cmd = [dump, "--protocol=TCP", "-h", self.host, "-P", str(self.port),
+                   "--skip-comments", "--single-transaction"]
+            if self.user:
+                cmd += ["-u", self.user]
+            self.template = workdir / f"mlflow-{MLFLOW_VERSION}-schema-{self.kind}.sql"
+            with open(self.template, "wb") as fh:
+                subprocess.run([*cmd, db], stdout=fh, env=self.env(), check=True)
+            self.drop(db)
+        return {"initialize_tables_s": init_s, "import_s": imports_s,
+                "process_s": round(wall, 3)}
+
+    def cleanup(self) -> None:
+        for db in list(self.dbs):
+            try:
+                self.drop(db)
+            except ServerError as exc:
+                log(f"could not drop {db}: {exc}")
+
+    # -- server-side CPU ---------------------------------------------------------------------
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user+sys) of the server's processes on this machine, incl. children they
+        reaped (PostgreSQL's backends); None when no such process is visible."""
+        names = SERVER_PROCS[self.kind]
+        procs = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    comm = fh.read().strip()
+                if comm not in names:
+                    continue
+                with open(f"/proc/{pid}/stat") as fh:
+                    rest = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(pid)] = (int(rest[1]), [int(x) for x in rest[11:15]])
+        if not procs:
+            return None
+        ticks = 0
+        for ppid, (u, st, cu, cs) in procs.values():
+            ticks += u + st + (cu + cs if ppid not in procs else 0)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def renumbered_experiments(mlruns: Path) -> int:
+    """Experiments whose IDs do not fit MLflow's 32-bit server columns (fs2sql renumbers them
+    and adds the tag fs2sql.source_experiment_id to each)."""
+    n = 0
+    for base in (mlruns, mlruns / ".trash"):
+        if base.is_dir():
+            n += sum(1 for e in base.iterdir()
+                     if e.is_dir() and e.name.isdigit() and int(e.name) > INT32_MAX)
+    return n
+
+
 def compare_outputs(kept: dict, label: str) -> dict:
     """Full content comparison (bench/compare_dbs.py logic) of each tool's round-1 output with
     the reference (floor if it ran, else upstream). Not timed."""
@@ -379,7 +653,9 @@ def compare_outputs(kept: dict, label: str) -> dict:
     return out
 
 
-def tool_command(tool: str, mlruns: Path, out_db: Path, ctx: dict) -> list[str]:
+def tool_command(tool: str, mlruns: Path, out_db: Path, ctx: dict,
+                 url: str | None = None) -> list[str]:
+    """The command line of one run; server tools write into the database at ``url``."""
     if tool == "fs2sql":
         return [*ctx["fs2sql"], "migrate", str(mlruns), str(out_db)]
     if tool == "upstream":
@@ -388,6 +664,12 @@ def tool_command(tool: str, mlruns: Path, out_db: Path, ctx: dict) -> list[str]:
     if tool == "floor":
         return [str(ctx["venv"] / "bin" / "python"), str(BENCH_DIR / "floor.py"), str(mlruns),
                 str(out_db), "--template", str(ctx["template"])]
+    if tool_base(tool) == "fs2sql":
+        # MLflow's server schema has 32-bit experiment IDs, the bench store 18-digit ones
+        return [*ctx["fs2sql"], "migrate", str(mlruns), url, "--experiment-ids", "renumber"]
+    if tool_base(tool) == "floor":
+        return [str(ctx["venv"] / "bin" / "python"), str(BENCH_DIR / "floor_server.py"),
+                str(mlruns), url]
     raise ValueError(tool)
 
 
@@ -452,40 +734,54 @@ def fmt_ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}x"
 
 
+def ratio_pairs(tool: str) -> dict:
+    """name -> (numerator tool, denominator tool) of the ratios shown for ``tool``'s row."""
+    if tool == "fs2sql":
+        return {"upstream": ("fs2sql", "upstream"), "floor": ("fs2sql", "floor")}
+    if tool_base(tool) == "fs2sql":
+        target = tool_target(tool)
+        return {"floor": (tool, f"floor@{target}"), "sqlite": (tool, "fs2sql")}
+    return {}
+
+
 def summarize(results: dict) -> list[dict]:
     rows = []
+    servers = any("@" in t for t in results.get("tools", {}))
     for size in results["sizes"]:
         by_tool = {}
         for tool, runs in size["runs"].items():
             ok = [r for r in runs if r["rc"] == 0]
+            srv = [r["server_cpu_s"] for r in ok if r.get("server_cpu_s") is not None]
             by_tool[tool] = {
                 "wall": median([r["wall_s"] for r in ok]),
                 "cpu": median([r["user_s"] + r["sys_s"] for r in ok]),
+                "server_cpu": median(srv),
                 "min": min([r["wall_s"] for r in ok], default=None),
                 "max": max([r["wall_s"] for r in ok], default=None),
                 "rss": max([r["peak_rss_mb"] for r in ok], default=None),
                 "n": len(ok), "failed": len(runs) - len(ok),
             }
-        f = by_tool.get("fs2sql", {})
         for tool in TOOLS:
             if tool not in by_tool:
                 continue
             t = by_tool[tool]
             rows.append({
-                "tool": tool, "label": TOOL_LABEL[tool], "runs": size["counts"]["runs"],
+                "tool": tool, "label": tool_label(tool, servers), "target": tool_target(tool),
+                "runs": size["counts"]["runs"],
                 "points": size["counts"]["metrics"], "median_wall_s": t["wall"],
                 "median_cpu_s": round(t["cpu"], 2) if t["cpu"] is not None else None,
+                "median_server_cpu_s": (round(t["server_cpu"], 2)
+                                        if t["server_cpu"] is not None else None),
                 "min_wall_s": t["min"], "max_wall_s": t["max"],
                 "peak_rss_mb": t["rss"], "ok_runs": t["n"], "failed_runs": t["failed"],
             })
             size.setdefault("summary", {})[tool] = rows[-1]
-        if f.get("wall") is not None:
-            for other in ("upstream", "floor"):
-                o = by_tool.get(other)
-                if o and o["wall"]:
-                    size.setdefault("ratios", {})[f"fs2sql/{other}"] = {
-                        "wall": round(f["wall"] / o["wall"], 3),
-                        "peak_rss": round(f["rss"] / o["rss"], 3) if o["rss"] else None}
+            for num, den in ratio_pairs(tool).values():
+                a, b = by_tool.get(num), by_tool.get(den)
+                if a and b and a["wall"] is not None and b["wall"]:
+                    size.setdefault("ratios", {})[f"{num}/{den}"] = {
+                        "wall": round(a["wall"] / b["wall"], 3),
+                        "peak_rss": round(a["rss"] / b["rss"], 3) if b["rss"] else None}
     return rows
 
 
@@ -493,34 +789,43 @@ def size_label(points: int) -> str:
     return f"{points / 1e6:g}M" if points >= 100_000 else f"{points / 1e3:g}k"
 
 
+def row_ratio(summary: dict, pairs: dict, name: str, key: str) -> str:
+    """One ratio cell: "" when the row has no such ratio, "-" when a side is missing."""
+    if name not in pairs:
+        return ""
+    a, b = (summary.get(x) for x in pairs[name])
+    return fmt_ratio(a and a[key], b and b[key])
+
+
 def table_lines(results: dict, markdown: bool) -> list[str]:
     hdr = ["tool", "store (runs / points)", "median wall (min-max)", "peak RSS", "CPU (user+sys)",
-           "wall fs2sql/upstream", "wall fs2sql/floor", "RSS fs2sql/upstream",
-           "RSS fs2sql/floor"]
+           "server CPU", "wall fs2sql/upstream", "wall fs2sql/floor", "wall fs2sql/fs2sql→SQLite",
+           "RSS fs2sql/upstream", "RSS fs2sql/floor"]
     body = []
     for size in results["sizes"]:
         s = size.get("summary", {})
-        f = s.get("fs2sql")
         for tool in TOOLS:
             t = s.get(tool)
             if not t:
                 continue
-            is_f = tool == "fs2sql"
-            up, fl = s.get("upstream"), s.get("floor")
+            pairs = ratio_pairs(tool)
+            na = "@" in tool and tool_base(tool) == "fs2sql"  # upstream writes only SQLite
             fail = f" ({t['failed_runs']} failed)" if t["failed_runs"] else ""
             body.append([
                 t["label"] + fail,
                 f"{t['runs']:,} / {t['points']:,}",
                 fmt_s(t["median_wall_s"]) + fmt_range(t), fmt_mb(t["peak_rss_mb"]),
                 fmt_s(t["median_cpu_s"]),
-                fmt_ratio(f and f["median_wall_s"], up and up["median_wall_s"]) if is_f else "",
-                fmt_ratio(f and f["median_wall_s"], fl and fl["median_wall_s"]) if is_f else "",
-                fmt_ratio(f and f["peak_rss_mb"], up and up["peak_rss_mb"]) if is_f else "",
-                fmt_ratio(f and f["peak_rss_mb"], fl and fl["peak_rss_mb"]) if is_f else "",
+                fmt_s(t.get("median_server_cpu_s")) if "@" in tool else "",
+                "n/a" if na else row_ratio(s, pairs, "upstream", "median_wall_s"),
+                row_ratio(s, pairs, "floor", "median_wall_s"),
+                row_ratio(s, pairs, "sqlite", "median_wall_s"),
+                "n/a" if na else row_ratio(s, pairs, "upstream", "peak_rss_mb"),
+                row_ratio(s, pairs, "floor", "peak_rss_mb"),
             ])
-    # drop ratio columns when fs2sql was skipped
-    if not any(r[5] or r[6] for r in body):
-        hdr, body = hdr[:5], [r[:5] for r in body]
+    # drop the columns (from "server CPU" on) that nothing filled: fs2sql or servers skipped
+    keep = [i for i in range(len(hdr)) if i < 5 or any(r[i] for r in body)]
+    hdr, body = [hdr[i] for i in keep], [[r[i] for i in keep] for r in body]
     if markdown:
         lines = ["| " + " | ".join(hdr) + " |", "|" + "|".join(
             "---" if i < 2 else "---:" for i in range(len(hdr))) + "|"]
@@ -559,11 +864,75 @@ def extra_lines(results: dict, markdown: bool) -> list[str]:
                        f"{'identical (12 tables, all columns)' if res == 'identical' else res}")
         for tool, cnt in size.get("row_check", {}).items():
             if cnt.get("mismatch"):
-                out.append(f"  {tool}: row counts differ from the store: {cnt['mismatch']}")
+                out.append(f"  {size_label(c['metrics'])} {tool}: row counts [db, expected] "
+                           f"differ: {cnt['mismatch']}")
+            elif "@" in tool:
+                extra = (f" (experiment_tags: store + {cnt['renumber_tags']} "
+                         "fs2sql.source_experiment_id tags of the renumbered experiments)"
+                         if cnt.get("renumber_tags") else "")
+                out.append(f"  {size_label(c['metrics'])} {tool}: row counts of the 12 tables "
+                           f"match the store{extra}.")
     if results.get("schema_init_s"):
         out.append(f"Creating the empty MLflow schema (_initialize_tables) took "
                    f"{results['schema_init_s']:.1f} s (done once for the floor, which copies it; "
                    f"upstream pays it on every run).")
+    out += server_lines(results)
+    return out
+
+
+def server_lines(results: dict) -> list[str]:
+    servers = results.get("servers") or {}
+    if not servers:
+        return []
+    out = []
+    for kind, srv in servers.items():
+        if srv.get("error"):
+            out.append(f"{SERVER_NAME[kind]} ({srv.get('url')}): not measured: {srv['error']}")
+            continue
+        sc = srv.get("schema") or {}
+        if sc:
+            out.append(
+                f"{srv.get('version') or SERVER_NAME[kind]} ({srv.get('url')}): MLflow "
+                f"{MLFLOW_VERSION}'s _initialize_tables on an empty database took "
+                f"{sc['initialize_tables_s']:.1f} s ({sc['process_s']:.1f} s for the whole "
+                f"process incl. {sc['import_s']:.1f} s of imports). fs2sql runs the same "
+                "migrations inside every server run (timed); the floor starts from a copy of "
+                "that schema made before its timer ("
+                + ("CREATE DATABASE ... TEMPLATE" if kind == "postgresql" else
+                   "a mariadb-dump of it loaded into a fresh database") + ").")
+    for size in results["sizes"]:
+        summ = size.get("summary", {})
+        for kind, srv in servers.items():
+            f, fl = summ.get(f"fs2sql@{kind}"), summ.get(f"floor@{kind}")
+            init = (srv.get("schema") or {}).get("initialize_tables_s")
+            if f and fl and init and f["median_wall_s"] and fl["median_wall_s"]:
+                rest = f["median_wall_s"] - init
+                out.append(
+                    f"  {size_label(size['counts']['metrics'])} {SERVER_NAME[kind]}: fs2sql "
+                    f"{fmt_s(f['median_wall_s'])} - schema creation {fmt_s(init)} = "
+                    f"{fmt_s(rest)}, {rest / fl['median_wall_s']:.2f}x the floor's "
+                    f"{fmt_s(fl['median_wall_s'])} (rough: the schema time was measured once, "
+                    "in another process).")
+    if not any("@" in t for t in results.get("tools", {})):
+        return out
+    out.append("Server rows: upstream `mlflow migrate-filestore` writes only SQLite, so there is "
+               "no upstream row for PostgreSQL/MariaDB (n/a). fs2sql runs with "
+               "`--experiment-ids renumber` (the store's 18-digit experiment IDs do not fit "
+               "MLflow's 32-bit server columns: experiment 0 keeps its ID, the others get 1, 2, "
+               "... in creation order and an extra tag with the old ID); the floor maps the IDs "
+               "the same way, without the tag. Each run gets a fresh database (created before, "
+               "dropped after the timer).")
+    out.append("Server floor (bench/floor_server.py): floor.py's read + parse, rows loaded in one "
+               "transaction -- PostgreSQL: psycopg 3 COPY FROM STDIN per table (binary for "
+               "metrics/latest_metrics, text otherwise); MariaDB: PyMySQL executemany of INSERT "
+               "(multi-row statements), strict sql_mode -- with foreign-key checks off during "
+               "the load (session_replication_role=replica / foreign_key_checks=0; the "
+               "constraints stay in the schema) and the two secondary indexes of metrics "
+               "dropped and re-created after the load, as floor.py does.")
+    out.append("Peak RSS and CPU (user+sys) are the client process tree's; the server's own work "
+               "is in 'server CPU': the CPU time of the server's processes on this machine "
+               "during the run (incl. WAL/background writers and anything other clients made "
+               "the server do meanwhile).")
     return out
 
 
@@ -582,6 +951,10 @@ def write_markdown(results: dict, path: Path) -> None:
         f"time of the process tree (less sensitive to other load on the machine than wall "
         f"time). Load average at the end: {m.get('loadavg_end', [0])[0]:.2f}.", "",
     ]
+    if results.get("servers"):
+        lines += ["Servers: " + "; ".join(
+            (v.get("version") or SERVER_NAME[k]) + (" (not reached)" if v.get("error") else "")
+            for k, v in results["servers"].items()) + ".", ""]
     lines += table_lines(results, markdown=True)
     lines += [""] + [f"- {x}" for x in cli_lines(results, True) + extra_lines(results, True)]
     path.write_text("\n".join(lines) + "\n")
@@ -626,7 +999,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fs2sql", default="fs2sql", help="fs2sql command (shell-split)")
-    ap.add_argument("--skip", default="", help=f"tools to skip, comma-separated: {','.join(TOOLS)}")
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help="databases to write, comma-separated: sqlite (fs2sql, upstream, floor), "
+                    "postgresql (admin URL $FS2SQL_TEST_PG_URL), mariadb ($FS2SQL_TEST_MYSQL_URL);"
+                    " a server that does not answer is reported and left out")
+    ap.add_argument("--skip", default="", help="tools to skip, comma-separated: "
+                    f"{','.join(BASE_TOOLS)} (on every target) or e.g. floor@mariadb")
     ap.add_argument("--json", type=Path, help="write results as JSON")
     ap.add_argument("--markdown", type=Path, help="write a Markdown report (README-ready)")
     ap.add_argument("--no-check", action="store_true", help="skip bench/check_generator.py")
@@ -639,29 +1017,39 @@ def main(argv=None) -> int:
                     help="skip the content comparison of the round-1 outputs (12 tables)")
     a = ap.parse_args(argv)
 
+    targets = []
+    for name in filter(None, (t.strip().lower() for t in a.targets.split(","))):
+        name = TARGET_ALIASES.get(name, name)
+        if name not in TARGETS:
+            ap.error(f"--targets: unknown target {name!r} (known: {', '.join(TARGETS)})")
+        if name not in targets:
+            targets.append(name)
     skip = set()
     for name in filter(None, (s.strip().lower() for s in a.skip.split(","))):
         name = TOOL_ALIASES.get(name, name)
-        if name not in TOOLS:
-            ap.error(f"--skip: unknown tool {name!r} (known: {', '.join(TOOLS)})")
+        if name not in BASE_TOOLS and name not in TOOLS:
+            ap.error(f"--skip: unknown tool {name!r} (known: {', '.join(BASE_TOOLS)}, or "
+                     f"{', '.join(t for t in TOOLS if '@' in t)})")
         skip.add(name)
-    tools = [t for t in TOOLS if t not in skip]
+    tools = [t for t in TOOLS if tool_target(t) in targets and t not in skip
+             and tool_base(t) not in skip]
     if not tools:
         ap.error("nothing to run")
     sizes = parse_sizes(a.sizes) if a.sizes else [(a.runs, a.points)]
 
     ctx = {"fs2sql": shlex.split(a.fs2sql)}
-    if "fs2sql" in tools:
+    if any(tool_base(t) == "fs2sql" for t in tools):
         exe = shutil.which(ctx["fs2sql"][0])
         if not exe:
             ap.error(f"fs2sql command {ctx['fs2sql'][0]!r} not found (use --fs2sql CMD or "
                      "--skip fs2sql)")
-        ctx["fs2sql"][0] = exe
+        ctx["fs2sql"][0] = os.path.abspath(exe)  # tools run with cwd = their output directory
 
     results = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": machine_info(), "mlflow_version": MLFLOW_VERSION, "rounds": a.rounds,
-        "tools": {t: TOOL_LABEL[t] for t in tools}, "sizes": [],
+        "targets": targets,
+        "tools": {t: tool_label(t, any("@" in x for x in tools)) for t in tools}, "sizes": [],
         "measurement": ("wall: perf_counter around the process; peak RSS: max of GNU time -v "
                         "'Maximum resident set size' (largest single process of the tree, "
                         "os.wait4 ru_maxrss without GNU time) and the summed RSS of the "
@@ -673,6 +1061,50 @@ def main(argv=None) -> int:
     results["venv_python"] = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import platform; print(platform.python_version())"],
         capture_output=True, text=True, check=True).stdout.strip()
+    workroot = a.workdir or (cache_root() / "bench-out")
+    workroot.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=workroot))
+    log(f"outputs in {work}")
+    servers: dict[str, Server] = {}
+    try:
+        return run_bench(a, ctx, venv, tools, sizes, results, servers, work)
+    finally:
+        for srv in servers.values():
+            srv.cleanup()
+        if not a.keep_outputs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def setup_servers(tools: list, venv: Path, work: Path, results: dict, servers: dict) -> list:
+    """Reach each server the tools need, time MLflow's schema creation on it once (kept as the
+    floor's template); a server that fails is reported and its tools are left out."""
+    for kind in SERVER_NAME:
+        if not any(tool_target(t) == kind for t in tools):
+            continue
+        srv = Server(kind)
+        info = results.setdefault("servers", {})[kind] = {"url": srv.display(srv.admin_db)}
+        try:
+            info["version"] = srv.connect_check()
+            servers[kind] = srv
+            log(f"{srv.name}: {info['version'][:60]}; creating MLflow's schema "
+                "(_initialize_tables) ...")
+            info["schema"] = srv.make_template(venv, work)
+            log(f"{srv.name}: _initialize_tables took {info['schema']['initialize_tables_s']:.1f} "
+                f"s ({info['schema']['process_s']:.1f} s with Python start and imports)")
+        except (ServerError, OSError, subprocess.CalledProcessError) as exc:
+            info["error"] = " ".join(str(exc).split())[-500:]
+            log(f"{srv.name} left out: {info['error']}")
+            tools = [t for t in tools if tool_target(t) != kind]
+    return tools
+
+
+def run_bench(a, ctx: dict, venv: Path, tools: list, sizes: list, results: dict,
+              servers: dict, work: Path) -> int:
+    tools = setup_servers(tools, venv, work, results, servers)
+    results["tools"] = {t: results["tools"][t] for t in tools}
+    if not tools:
+        log("nothing left to run")
+        return 2
     if "floor" in tools:
         ctx["template"], built = ensure_schema_template(venv)
         if built:
@@ -707,71 +1139,113 @@ def main(argv=None) -> int:
             "runs": {t: [] for t in tools},
         })
 
-    workroot = a.workdir or (cache_root() / "bench-out")
-    workroot.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=workroot))
-    log(f"outputs in {work}")
-    try:
-        for si, ((mlruns, manifest), size) in enumerate(zip(stores, results["sizes"])):
-            label = size_label(manifest["counts"]["metrics"])
-            expected = manifest["counts"]
-            kept: dict = {}
-            for rnd in range(a.rounds):
-                # rotate the start so no tool always runs first (cache/thermal effects)
-                order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
-                for tool in order:
-                    out_dir = work / f"{label}-{tool}-{rnd}"
-                    out_dir.mkdir()
-                    out_db = out_dir / "out.db"
-                    cmd = tool_command(tool, mlruns, out_db, ctx)
-                    r = measure(cmd, out_dir / "log.txt")
-                    r["round"] = rnd
-                    if r["rc"] != 0:
-                        tail = (out_dir / "log.txt").read_text(errors="replace")[-2000:]
-                        r["error_tail"] = tail
-                        log(f"{label} {tool} round {rnd + 1}: FAILED (exit {r['rc']}):\n{tail}")
-                    else:
-                        log(f"{label} {tool:8s} round {rnd + 1}/{a.rounds}: {r['wall_s']:.2f} s, "
-                            f"peak RSS {r['peak_rss_mb']:.0f} MB")
-                        if not size.setdefault("row_check", {}).get(tool) and out_db.exists():
+    dbn = 0
+    for (mlruns, manifest), size in zip(stores, results["sizes"]):
+        label = size_label(manifest["counts"]["metrics"])
+        expected = manifest["counts"]
+        renumbered = renumbered_experiments(mlruns)
+        kept: dict = {}
+        for rnd in range(a.rounds):
+            # rotate the start so no tool always runs first (cache/thermal effects)
+            order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+            for tool in order:
+                out_dir = work / f"{label}-{tool.replace('@', '-')}-{rnd}"
+                out_dir.mkdir()
+                out_db = out_dir / "out.db"
+                srv = servers.get(tool_target(tool))
+                db = url = None
+                if srv is not None:  # a fresh database, not timed
+                    dbn += 1
+                    db = f"fs2sql_bench_{os.getpid()}_{dbn}"
+                    srv.drop(db)
+                    srv.create(db, from_template=tool_base(tool) == "floor")
+                    url = srv.url(db)
+                cmd = tool_command(tool, mlruns, out_db, ctx, url)
+                cpu0 = srv.cpu_seconds() if srv else None
+                r = measure(cmd, out_dir / "log.txt")
+                if cpu0 is not None:
+                    time.sleep(0.3)  # let the backend exit (and be reaped by the postmaster)
+                    cpu1 = srv.cpu_seconds()
+                    r["server_cpu_s"] = round(cpu1 - cpu0, 2) if cpu1 is not None else None
+                r["round"] = rnd
+                if db:
+                    r["database"] = db
+                if r["rc"] != 0:
+                    tail = (out_dir / "log.txt").read_text(errors="replace")[-2000:]
+                    r["error_tail"] = tail
+                    log(f"{label} {tool} round {rnd + 1}: FAILED (exit {r['rc']}):\n{tail}")
+                else:
+                    if tool_base(tool) == "floor":
+                        r["floor_report"] = last_json_line(out_dir / "log.txt")
+                    srv_cpu = (f", server CPU {r['server_cpu_s']:.1f} s"
+                               if r.get("server_cpu_s") is not None else "")
+                    log(f"{label} {tool:17s} round {rnd + 1}/{a.rounds}: {r['wall_s']:.2f} s, "
+                        f"CPU {r['user_s'] + r['sys_s']:.1f} s{srv_cpu}, "
+                        f"peak RSS {r['peak_rss_mb']:.0f} MB")
+                    if not size.setdefault("row_check", {}).get(tool):
+                        got = None
+                        if srv is not None:
+                            got = srv.row_counts(db)
+                        elif out_db.exists():
                             got = row_counts(out_db)
-                            mism = {t: [got[t], expected[t]] for t in COUNT_TABLES
-                                    if got.get(t) != expected.get(t)}
-                            size["row_check"][tool] = {"counts": got, "mismatch": mism}
+                        if got is not None:
+                            want = dict(expected)
+                            tags = renumbered if srv is not None and \
+                                tool_base(tool) == "fs2sql" else 0
+                            want["experiment_tags"] = want["experiment_tags"] + tags
+                            mism = {t: [got[t], want[t]] for t in COUNT_TABLES
+                                    if got.get(t) != want.get(t)}
+                            size["row_check"][tool] = {"counts": got, "mismatch": mism,
+                                                       "renumber_tags": tags}
                             if mism:
-                                log(f"  {tool}: row counts [db, store] differ: {mism}")
-                    size["runs"][tool].append(r)
-                    if rnd == 0 and not a.no_compare and r["rc"] == 0 and out_db.exists():
-                        kept[tool] = out_db  # compared after the round, then deleted
-                    elif not a.keep_outputs:
-                        shutil.rmtree(out_dir, ignore_errors=True)
-                    write_reports(results, a, final=False)  # partial results survive a kill
-                if rnd == 0 and kept:
-                    size["content_check"] = compare_outputs(kept, label)
-                    if not a.keep_outputs:
-                        for db in kept.values():
-                            shutil.rmtree(db.parent, ignore_errors=True)
-                    kept.clear()
-                    write_reports(results, a, final=False)
-        if "fs2sql" in tools:
-            cli = {}
-            for flag in ("--help", "--version"):
-                walls, rcs = [], []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    p = subprocess.run([*ctx["fs2sql"], flag], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-                    walls.append(time.perf_counter() - t0)
-                    rcs.append(p.returncode)
-                cli[flag] = {"median_wall_s": round(median(walls), 3), "n": 5,
-                             "all_s": [round(w, 3) for w in walls], "exit_codes": rcs}
-            results["cli"] = cli
-    finally:
-        if not a.keep_outputs:
-            shutil.rmtree(work, ignore_errors=True)
+                                log(f"  {tool}: row counts [db, expected] differ: {mism}")
+                size["runs"][tool].append(r)
+                if srv is not None and not a.keep_outputs:
+                    srv.drop(db)
+                if srv is None and rnd == 0 and not a.no_compare and r["rc"] == 0 \
+                        and out_db.exists():
+                    kept[tool] = out_db  # compared after the round, then deleted
+                elif not a.keep_outputs:
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                write_reports(results, a, final=False)  # partial results survive a kill
+            if rnd == 0 and kept:
+                size["content_check"] = compare_outputs(kept, label)
+                if not a.keep_outputs:
+                    for db_path in kept.values():
+                        shutil.rmtree(db_path.parent, ignore_errors=True)
+                kept.clear()
+                write_reports(results, a, final=False)
+    if any(tool_base(t) == "fs2sql" for t in tools):
+        cli = {}
+        for flag in ("--help", "--version"):
+            walls, rcs = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                p = subprocess.run([*ctx["fs2sql"], flag], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                walls.append(time.perf_counter() - t0)
+                rcs.append(p.returncode)
+            cli[flag] = {"median_wall_s": round(median(walls), 3), "n": 5,
+                         "all_s": [round(w, 3) for w in walls], "exit_codes": rcs}
+        results["cli"] = cli
+    if a.keep_outputs:
+        for srv in servers.values():
+            log(f"{srv.name}: kept databases {', '.join(srv.dbs) or '(none)'}")
+            srv.dbs = [d for d in srv.dbs if d == srv.template_db]
 
     write_reports(results, a, final=True)
     return 0
+
+
+def last_json_line(path: Path) -> dict | None:
+    try:
+        for line in reversed(path.read_text(errors="replace").splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+    except (OSError, ValueError):
+        pass
+    return None
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,8 @@ Concurrency and idempotency: a per-version lock file serialises builders, and a 
 written last says the venv is complete. The venv is built in place (not in a temp dir renamed
 afterwards) because a venv's console scripts (``bin/mlflow``) embed its absolute path; a
 half-built venv without the marker (killed build) is deleted and rebuilt by the next caller.
+The marker holds the venv's requirement list: a venv cached by an older fs2sql checkout whose
+list differs (e.g. one made before the database drivers were added) is deleted and rebuilt too.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Iterator, List
 from .versions import VENV_PYTHON_VERSION
 
 MARKER = ".fs2sql-complete"
+DB_DRIVERS = ("psycopg2-binary", "psycopg[binary]", "pymysql")
 
 
 def cache_root() -> Path:
@@ -76,7 +79,10 @@ def find_base_python() -> str:
 
 def requirements(mlflow_version: str) -> List[str]:
     """What goes into the venv for one MLflow release."""
-    reqs = [f"mlflow=={mlflow_version}", "pandas"]
+    # The database drivers let MLflow's own stores and ``mlflow server`` open fs2sql's server
+    # targets: psycopg 3 (SQLAlchemy 2.1's ``postgresql://``), psycopg2 (required on a widened
+    # database, see targets/postgresql.py) and PyMySQL (``mysql+pymysql://``).
+    reqs = [f"mlflow=={mlflow_version}", "pandas", *DB_DRIVERS]
     if _version_tuple(mlflow_version) < (3, 10):
         # Releases older than these libraries need the pins: with OpenTelemetry >= 1.35, 2.x
         # traces never finish (they stay IN_PROGRESS) and 3.2.0 fails to end spans
@@ -109,23 +115,38 @@ def _install(tmp: Path, base_python: str, reqs: List[str]) -> None:
         )
 
 
+def _marker_text(reqs: List[str]) -> str:
+    return "".join(req + "\n" for req in reqs)
+
+
+def _is_complete(venv: Path, reqs: List[str]) -> bool:
+    """The venv was built to the end, for exactly ``reqs`` (an older marker held only the
+    MLflow version: such a venv lacks the database drivers and counts as stale)."""
+    try:
+        return (venv / MARKER).read_text() == _marker_text(reqs)
+    except OSError:
+        return False
+
+
 def ensure_venv(mlflow_version: str) -> Path:
     """Return the python of a venv with full ``mlflow==<mlflow_version>``, building it if needed.
 
-    Idempotent and safe for concurrent callers (per-version lock; marker written last).
+    Idempotent and safe for concurrent callers (per-version lock; marker written last). A venv
+    whose marker names other requirements than ``requirements(mlflow_version)`` is rebuilt.
     """
     final = venv_dir(mlflow_version)
-    if (final / MARKER).exists():
+    reqs = requirements(mlflow_version)
+    if _is_complete(final, reqs):
         return _venv_python(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(final.parent / f".mlflow-{mlflow_version}.lock"):
-        if (final / MARKER).exists():
+        if _is_complete(final, reqs):
             return _venv_python(final)
-        if final.exists():  # half-built leftover from a killed build
+        if final.exists():  # half-built leftover from a killed build, or built for other reqs
             shutil.rmtree(final)
         try:
-            _install(final, find_base_python(), requirements(mlflow_version))
-            (final / MARKER).write_text(mlflow_version + "\n")
+            _install(final, find_base_python(), reqs)
+            (final / MARKER).write_text(_marker_text(reqs))
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise

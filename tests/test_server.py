@@ -1,19 +1,33 @@
 """MLflow's own server (full MLflow 3.17.2, its own virtualenv) starts on fs2sql's database and
-lists the runs over its REST API — on a store written by MLflow 2.22.5 and one by 3.17.2."""
+lists the runs over its REST API -- on a store written by MLflow 2.22.5 and one by 3.17.2, in
+SQLite, in PostgreSQL (experiments renumbered to 32-bit IDs, or the schema widened to keep the
+18-digit FileStore IDs) and in MariaDB (renumbered).
+
+The server is started with the backend URI fs2sql's own start command names (its driver: the
+fixture venvs carry psycopg 3, psycopg2 and PyMySQL, see ``fixtures_gen/envs.py``). Servers that
+do not answer skip these tests like ``tests/test_server_targets.py`` (they fail with CI=true).
+"""
 
 import json
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
-from conftest import oracle_pair
+from conftest import oracle_pair, require_schema
+from test_server_targets import my, pg  # noqa: F401 - fixtures (skip / CI-fail without a server)
 
 from fixtures_gen.envs import ensure_venv
 from fixtures_gen.versions import LATEST_2X, LATEST_3X
+from mlflow_fs2sql.ids import SOURCE_ID_TAG
+from mlflow_fs2sql.migrate import MigrateOptions, migrate
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
+SERVER = "3.17.2"  # the MLflow whose server is started
+INT32_MAX = 2**31 - 1
+PAGE = 1000
 
 
 def _free_port() -> int:
@@ -25,27 +39,129 @@ def _free_port() -> int:
 def _post(port, path, body):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
 
+def _paged(port, path, body, key):
+    """Every item of a paged REST search."""
+    out, token = [], None
+    while True:
+        page = _post(port, path, {**body, **({"page_token": token} if token else {})})
+        out.extend(page.get(key, []))
+        token = page.get("next_page_token")
+        if not token:
+            return out
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
 def test_mlflow_server_lists_the_migrated_runs(version, tmp_path):
     fs, _, db, _ = oracle_pair(version)
-    assert_server_lists_runs("3.17.2", db, fs, tmp_path)
+    assert_server_lists_runs(SERVER, db, fs, tmp_path)
 
 
-def assert_server_lists_runs(server_version, db, fs, tmp_path):
-    """Start full MLflow ``server_version``'s server on a copy of ``db``; every run of the
-    FileStore dump ``fs`` must come back from its REST API."""
-    copy = tmp_path / "server.db"
-    copy.write_bytes(db.read_bytes())
+# -- PostgreSQL -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
+def test_mlflow_server_lists_the_runs_on_postgresql_renumbered(version, pg, tmp_path):  # noqa: F811
+    fs, store = _fixture(version)
+    url = pg.new_db()
+    report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
+    assert report.ok, report.mismatches[:5]
+    renumbered = _renumbered(report, fs)
+    tags = pg.query(url, f"SELECT experiment_id, value FROM experiment_tags "
+                         f"WHERE key = '{SOURCE_ID_TAG}'")
+    assert {int(source): new for new, source in tags} == renumbered
+    assert_server_lists_runs(SERVER, _start_uri(report, url), fs, tmp_path, renumbered)
+
+
+def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):  # noqa: F811
+    """Widened: the exact 18-digit IDs, reached through psycopg2 as fs2sql's start command says
+    (psycopg 3 binds experiment IDs as INTEGER)."""
+    fs, store = _fixture(LATEST_3X)
+    assert any(int(e["experiment_id"]) > INT32_MAX for e in fs["experiments"])
+    url = pg.new_db()
+    report = migrate(str(store), url, MigrateOptions(experiment_ids="widen", verify=True))
+    assert report.ok, report.mismatches[:5]
+    assert report.experiment_ids == {"policy": "widen", "renumbered": {}}
+    assert _start_uri(report, url).startswith("postgresql+psycopg2://")
+    assert_server_lists_runs(SERVER, _start_uri(report, url), fs, tmp_path)
+
+
+# -- MariaDB / MySQL ------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
+def test_mlflow_server_lists_the_runs_on_mysql_renumbered(version, my, tmp_path):  # noqa: F811
+    fs, store = _fixture(version)
+    url = my.new_db()
+    report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
+    assert report.ok, report.mismatches[:5]
+    renumbered = _renumbered(report, fs)
+    tags = my.query(url, f"SELECT experiment_id, value FROM experiment_tags "
+                         f"WHERE `key` = '{SOURCE_ID_TAG}'")
+    assert {int(source): new for new, source in tags} == renumbered
+    uri = _start_uri(report, url)
+    if uri.startswith("mysql://"):
+        # A bare mysql:// is SQLAlchemy's mysqlclient (MySQLdb), which MLflow does not install
+        # and which needs a compiler and libmysqlclient; fs2sql itself wrote through PyMySQL.
+        uri = "mysql+pymysql://" + uri.split("://", 1)[1]
+    assert_server_lists_runs(SERVER, uri, fs, tmp_path, renumbered)
+
+
+def _fixture(version):
+    """(FileStore dump by MLflow 3.17.2, mlruns path) of the ``full`` store of ``version``."""
+    if version == LATEST_3X:
+        require_schema("assessments")
+    fs, _, _, store = oracle_pair(version)
+    return fs, store
+
+
+def _renumbered(report, fs) -> dict:
+    """{source ID: database ID} from the report; exactly the experiments too large for 32 bits
+    were renumbered, to 1, 2, ... (0 stays 0)."""
+    assert report.experiment_ids["policy"] == "renumber"
+    renumbered = {int(k): v for k, v in report.experiment_ids["renumbered"].items()}
+    large = {int(e["experiment_id"]) for e in fs["experiments"]
+             if int(e["experiment_id"]) > INT32_MAX}
+    assert set(renumbered) == large
+    assert sorted(renumbered.values()) == list(range(1, len(renumbered) + 1))
+    return renumbered
+
+
+def _start_uri(report, url: str) -> str:
+    """The backend URI of fs2sql's start command (its scheme and driver), with the credentials
+    of ``url`` (the command shows the password as ***)."""
+    prefix = "mlflow server --backend-store-uri "
+    assert report.start_command.startswith(prefix), report.start_command
+    shown = report.start_command[len(prefix):].strip("'")
+    return shown.split("://", 1)[0] + "://" + url.split("://", 1)[1]
+
+
+# -- the check ------------------------------------------------------------------------------------
+def assert_server_lists_runs(server_version, db, fs, tmp_path, renumbered=None):
+    """Start full MLflow ``server_version``'s server on ``db`` -- an SQLite file (the server
+    gets a copy) or a database URL -- and check over its REST API that it lists every
+    experiment and every run of the FileStore dump ``fs``: IDs, names, states and params, with
+    experiment IDs mapped through ``renumbered`` ({source ID: database ID})."""
+    if isinstance(db, Path):
+        copy = tmp_path / "server.db"
+        copy.write_bytes(db.read_bytes())
+        backend = f"sqlite:///{copy}"
+    else:
+        backend = db
+    renumbered = renumbered or {}
+
+    def server_id(experiment_id) -> str:
+        return str(renumbered.get(int(experiment_id), experiment_id))
+
     python = ensure_venv(server_version)
     port = _free_port()
-    server = subprocess.Popen(
-        [str(python.parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{copy}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "mlflow-server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [str(python.parent / "mlflow"), "server", "--backend-store-uri", backend,
+             "--default-artifact-root", (tmp_path / "artifacts").as_uri(),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -54,18 +170,66 @@ def assert_server_lists_runs(server_version, db, fs, tmp_path):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    out = server.stdout.read().decode(errors="replace")[-3000:]
-                    pytest.fail(f"mlflow server did not start:\n{out}")
+                    out = log_path.read_text(errors="replace")[-3000:]
+                    pytest.fail(f"mlflow server did not start on {backend.split(':', 1)[0]}:"
+                                f"\n{out}")
                 time.sleep(0.5)
-        experiment_ids = [e["experiment_id"] for e in fs["experiments"]]
-        found = _post(port, "/api/2.0/mlflow/runs/search",
-                      {"experiment_ids": experiment_ids, "run_view_type": "ALL",
-                       "max_results": 1000})
-        got = sorted(r["info"]["run_id"] for r in found.get("runs", []))
-        assert got == sorted(r["info"]["run_id"] for r in fs["runs"])
+        experiments = _paged(port, "/api/2.0/mlflow/experiments/search",
+                             {"view_type": "ALL", "max_results": PAGE}, "experiments")
+        got = sorted((e["experiment_id"], e["name"], e["lifecycle_stage"]) for e in experiments)
+        want = sorted((server_id(e["experiment_id"]), e["name"], e["lifecycle_stage"])
+                      for e in fs["experiments"])
+        assert got == want
+        runs = _paged(port, "/api/2.0/mlflow/runs/search",
+                      {"experiment_ids": [e[0] for e in want], "run_view_type": "ALL",
+                       "max_results": PAGE}, "runs")
+        got_runs = sorted(_run_view(r["info"], {p["key"]: p["value"] for p in
+                                                r.get("data", {}).get("params", [])})
+                          for r in runs)
+        want_runs = sorted(_run_view({**r["info"], "experiment_id":
+                                      server_id(r["info"]["experiment_id"])}, r["params"])
+                           for r in fs["runs"])
+        assert len(got_runs) == len(want_runs) == len(fs["runs"]) > 0
+        assert [r[0] for r in got_runs] == [r[0] for r in want_runs]  # the run IDs first
+        assert got_runs == want_runs
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+
+
+def _run_view(info: dict, params: dict) -> tuple:
+    """What is compared of one run: REST JSON and the dump's RunInfo alike."""
+    return (info["run_id"], str(info["experiment_id"]), info.get("run_name") or "",
+            info["status"], info["lifecycle_stage"], int(info["start_time"] or 0),
+            int(info.get("end_time") or 0), json.dumps(params, sort_keys=True))
+
+
+# -- the fixture venvs carry the drivers ----------------------------------------------------------
+def test_a_venv_cached_without_the_drivers_is_rebuilt(tmp_path, monkeypatch):
+    """A venv whose marker predates the drivers (it held only the MLflow version) is deleted and
+    built again with them; a venv built for the current requirements is kept."""
+    from fixtures_gen import envs
+
+    monkeypatch.setenv("FS2SQL_CACHE", str(tmp_path))
+    monkeypatch.setattr(envs, "find_base_python", lambda: "python3")
+    built = []
+
+    def fake_install(venv, base_python, reqs):
+        built.append(list(reqs))
+        (venv / "bin").mkdir(parents=True)
+
+    monkeypatch.setattr(envs, "_install", fake_install)
+    old = envs.venv_dir(SERVER)
+    (old / "bin").mkdir(parents=True)
+    (old / "stale-file").write_text("")
+    (old / envs.MARKER).write_text(SERVER + "\n")
+    assert envs.ensure_venv(SERVER) == old / "bin" / "python"
+    assert len(built) == 1 and not (old / "stale-file").exists()
+    assert {"psycopg2-binary", "psycopg[binary]", "pymysql"} <= set(built[0])
+    assert (old / envs.MARKER).read_text().splitlines() == built[0]
+    envs.ensure_venv(SERVER)
+    assert len(built) == 1  # up to date: kept

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import servers
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # fixtures_gen lives beside the package, not inside it
@@ -194,3 +195,41 @@ def damage_source_version() -> str:
     """The newest fixture store the default schema holds: 3.17.2's, or 2.22.5's where pip's
     mlflow-skinny is older than 3.2 (Python 3.9) and has no assessments table."""
     return "3.17.2" if "assessments" in default_schema()[1] else "2.22.5"
+
+
+def metric_heavy_store(root, runs=60, points=3000):
+    """Experiment 0 with ``runs`` runs of ``points`` metric points each: a load that lasts."""
+    files = {"0/meta.yaml": experiment_meta("0", "Default")}
+    for i in range(runs):
+        rid = f"{i:032x}"
+        files[f"0/{rid}/meta.yaml"] = run_meta(rid, "0")
+        files[f"0/{rid}/metrics/loss"] = "".join(f"{1000 + s} {s * 0.5} {s}\n"
+                                                  for s in range(points))
+    return write_files(root, files)
+
+
+# -- real database servers (tests/servers.py) ------------------------------------------------------
+@pytest.fixture
+def pg():
+    servers._require("postgresql", servers.PG_ADMIN)
+    server = servers.Server("postgresql", servers.PG_ADMIN)
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture
+def my():
+    servers._require("mysql", servers.MYSQL_ADMIN)
+    server = servers.Server("mysql", servers.MYSQL_ADMIN)
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server(request):
+    kind = request.param
+    admin = servers.PG_ADMIN if kind == "postgresql" else servers.MYSQL_ADMIN
+    servers._require(kind, admin)
+    s = servers.Server(kind, admin)
+    yield s
+    s.drop_all()

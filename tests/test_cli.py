@@ -9,7 +9,13 @@ import sys
 import time
 
 import pytest
-from conftest import cli_runner, experiment_meta, run_meta, tree_hash, write_files
+from conftest import (
+    cli_runner,
+    experiment_meta,
+    metric_heavy_store,
+    tree_hash,
+    write_files,
+)
 
 from mlflow_fs2sql.cli import app
 
@@ -111,16 +117,6 @@ def test_usage_error_is_exit_2():
     assert runner.invoke(app, ["migrate"]).exit_code == 2
 
 
-def _big_store(root, runs=60, points=3000):
-    files = {"0/meta.yaml": experiment_meta("0", "Default")}
-    for i in range(runs):
-        rid = f"{i:032x}"
-        files[f"0/{rid}/meta.yaml"] = run_meta(rid, "0")
-        files[f"0/{rid}/metrics/loss"] = "".join(f"{1000 + s} {s * 0.5} {s}\n"
-                                                  for s in range(points))
-    return write_files(root, files)
-
-
 def _wait_for_temporary(folder, proc, timeout=60):
     """Until the migration's temporary database exists (the load has begun)."""
     end = time.monotonic() + timeout
@@ -132,7 +128,7 @@ def _wait_for_temporary(folder, proc, timeout=60):
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_leaves_no_target_and_a_rerun_succeeds(tmp_path):
-    store = _big_store(tmp_path / "mlruns")
+    store = metric_heavy_store(tmp_path / "mlruns")
     before = tree_hash(store)
     out = tmp_path / "o.db"
     # Warm the schema cache so kills land during the load, not only during schema creation.
@@ -160,7 +156,7 @@ def test_kill_9_at_random_moments_leaves_no_target_and_a_rerun_succeeds(tmp_path
 
 @pytest.mark.slow
 def test_sigint_is_exit_130_and_leaves_nothing(tmp_path):
-    store = _big_store(tmp_path / "mlruns")
+    store = metric_heavy_store(tmp_path / "mlruns")
     out = tmp_path / "o.db"
     assert fs2sql("migrate", str(store), str(tmp_path / "warm.db")).returncode == 0
     os.unlink(tmp_path / "warm.db")

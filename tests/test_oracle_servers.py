@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fixture_store
-from test_server_targets import MYSQL_ADMIN, PG_ADMIN, Server, _driver_url, _require
+from servers import MYSQL_ADMIN, PG_ADMIN, Server, _driver_url, _require
 
 from mlflow_fs2sql.ids import PROMPT_EXPERIMENTS_TAG, SOURCE_ID_TAG
 from mlflow_fs2sql.migrate import MigrateOptions, migrate

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from conftest import oracle_pair, require_schema
-from test_server_targets import my, pg  # noqa: F401 - fixtures (skip / CI-fail without a server)
 
 from fixtures_gen.envs import ensure_venv
 from fixtures_gen.versions import LATEST_2X, LATEST_3X
@@ -63,7 +62,7 @@ def test_mlflow_server_lists_the_migrated_runs(version, tmp_path):
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
-def test_mlflow_server_lists_the_runs_on_postgresql_renumbered(version, pg, tmp_path):  # noqa: F811
+def test_mlflow_server_lists_the_runs_on_postgresql_renumbered(version, pg, tmp_path):
     fs, store = _fixture(version)
     url = pg.new_db()
     report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
@@ -72,10 +71,12 @@ def test_mlflow_server_lists_the_runs_on_postgresql_renumbered(version, pg, tmp_
     tags = pg.query(url, f"SELECT experiment_id, value FROM experiment_tags "
                          f"WHERE key = '{SOURCE_ID_TAG}'")
     assert {int(source): new for new, source in tags} == renumbered
+    assert _start_uri(report, url).startswith("postgresql+psycopg2://")
+    assert report.start_requires == "pip install psycopg2-binary"
     assert_server_lists_runs(SERVER, _start_uri(report, url), fs, tmp_path, renumbered)
 
 
-def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):  # noqa: F811
+def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):
     """Widened: the exact 18-digit IDs, reached through psycopg2 as fs2sql's start command says
     (psycopg 3 binds experiment IDs as INTEGER)."""
     fs, store = _fixture(LATEST_3X)
@@ -90,7 +91,7 @@ def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):  # no
 
 # -- MariaDB / MySQL ------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
-def test_mlflow_server_lists_the_runs_on_mysql_renumbered(version, my, tmp_path):  # noqa: F811
+def test_mlflow_server_lists_the_runs_on_mysql_renumbered(version, my, tmp_path):
     fs, store = _fixture(version)
     url = my.new_db()
     report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
@@ -99,11 +100,10 @@ def test_mlflow_server_lists_the_runs_on_mysql_renumbered(version, my, tmp_path)
     tags = my.query(url, f"SELECT experiment_id, value FROM experiment_tags "
                          f"WHERE `key` = '{SOURCE_ID_TAG}'")
     assert {int(source): new for new, source in tags} == renumbered
+    # A bare mysql:// is SQLAlchemy's mysqlclient (MySQLdb), which MLflow does not install and
+    # which needs a compiler and libmysqlclient: the command names PyMySQL and says so.
     uri = _start_uri(report, url)
-    if uri.startswith("mysql://"):
-        # A bare mysql:// is SQLAlchemy's mysqlclient (MySQLdb), which MLflow does not install
-        # and which needs a compiler and libmysqlclient; fs2sql itself wrote through PyMySQL.
-        uri = "mysql+pymysql://" + uri.split("://", 1)[1]
+    assert uri.startswith("mysql+pymysql://") and report.start_requires == "pip install pymysql"
     assert_server_lists_runs(SERVER, uri, fs, tmp_path, renumbered)
 
 

@@ -105,6 +105,7 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
 
         tgt.publish(before=verify_before_publish)
         report.start_command = tgt.start_command()
+        report.start_requires = tgt.start_requires()
     except BaseException:
         progress.stop()
         tgt.abort()

@@ -51,6 +51,7 @@ class Report:
     notes: List[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     start_command: str = ""
+    start_requires: str = ""  # what MLflow's environment needs for it (a database driver)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +103,7 @@ class Report:
             "elapsed_s": round(self.elapsed_s, 3),
             "rows_per_s": round(self.total_rows / self.elapsed_s) if self.elapsed_s else None,
             "start_command": self.start_command,
+            "start_requires": self.start_requires,
         }
 
     def write_json(self, path: str) -> None:
@@ -170,6 +172,9 @@ def render(report: Report, console) -> None:
     if report.start_command and report.ok and not report.dry_run:
         console.print(f"Start MLflow on it: {report.start_command}", markup=False,
                       soft_wrap=True)
+        if report.start_requires:
+            console.print(f"(MLflow's environment needs the database driver: "
+                          f"{report.start_requires})", markup=False, soft_wrap=True)
 
 
 class RichProgress(Progress):

@@ -69,3 +69,7 @@ class Target:
     def start_command(self) -> str:
         """The command that starts MLflow's server on the result."""
         raise NotImplementedError
+
+    def start_requires(self) -> str:
+        """What MLflow's environment needs for that command (a database driver), or ''."""
+        return ""

@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..errors import TargetError
 from .base import Target
@@ -39,6 +39,13 @@ _DRIVER_MODULE = {
     "mariadbconnector": ("mariadb", "pipx inject fs2sql mariadb"),
 }
 _EXTRA = {"postgresql": "postgres", "mysql": "mysql"}
+# The driver MLflow's server should name when the URL names none (MLflow installs no database
+# driver; a bare mysql:// means mysqlclient, which needs a compiler and MySQL's client library),
+# and the package that provides it in MLflow's environment.
+_SERVER_DRIVER = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("pymysql", "pymysql")}
+_DRIVER_PACKAGE = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary",
+                   "pg8000": "pg8000", "pymysql": "pymysql", "mysqldb": "mysqlclient",
+                   "mysqlconnector": "mysql-connector-python", "mariadbconnector": "mariadb"}
 _SECRET_QUERY_KEYS = ("password", "passwd", "sslpassword")
 
 
@@ -302,7 +309,9 @@ def _tables_at(revision: str) -> List[str]:
 
 
 # -- MLflow's schema on a connection, inside the caller's transaction -------------------------
-def create_schema_in_transaction(conn, revision: Optional[str] = None) -> str:
+def create_schema_in_transaction(conn, revision: Optional[str] = None, *,
+                                 reset: Optional[Callable[[], None]] = None,
+                                 database: str = "") -> str:
     """MLflow's own steps (``mlflow.store.db.utils._initialize_tables``: initial tables, then
     ``alembic upgrade``) on ``conn``, without committing.
 
@@ -311,11 +320,20 @@ def create_schema_in_transaction(conn, revision: Optional[str] = None) -> str:
     ``EnvironmentContext`` on ``conn`` itself. Alembic sees the connection already inside a
     transaction and leaves commit to the caller (PostgreSQL's DDL is transactional: a failure
     or kill leaves nothing).
-    """
-    upgrade_in_transaction(conn, revision, initial=True)
-    from alembic.migration import MigrationContext
 
-    return MigrationContext.configure(conn).get_current_revision()
+    The statements the migrations send are recorded once per kind of server and replayed on
+    later runs (``schema_replay``): the same schema without importing MLflow's migrations.
+    """
+    from .schema_replay import create_schema
+
+    def run_migrations() -> str:
+        upgrade_in_transaction(conn, revision, initial=True)
+        from alembic.migration import MigrationContext
+
+        return MigrationContext.configure(conn).get_current_revision()
+
+    found, _ = create_schema(conn, revision, run_migrations, reset, database)
+    return found
 
 
 def upgrade_in_transaction(conn, revision: Optional[str], *, initial: bool = False) -> None:
@@ -360,3 +378,23 @@ class ServerTarget(Target):
         self._engine = None
         self.conn = None
         self._columns = None
+
+    def _server_driver(self) -> str:
+        """The driver MLflow's server should use: the one the user named, else psycopg2 /
+        PyMySQL (with a bare scheme SQLAlchemy picks a driver MLflow's environment may lack)."""
+        _, _, named = self.display.split("://", 1)[0].partition("+")
+        driver = named or _SERVER_DRIVER[self.parsed.dialect][0]
+        if self.widen and driver == "psycopg":
+            # psycopg 3 binds every experiment ID as '%s::INTEGER' (SQLAlchemy's bind casts),
+            # which fails for large IDs whatever the column: MLflow must use psycopg2 here.
+            driver = "psycopg2"
+        return driver
+
+    def start_command(self) -> str:
+        rest = self.display.split("://", 1)[1]
+        uri = f"{self.parsed.dialect}+{self._server_driver()}://{rest}"
+        return f"mlflow server --backend-store-uri '{uri}'"
+
+    def start_requires(self) -> str:
+        driver = self._server_driver()
+        return f"pip install {_DRIVER_PACKAGE.get(driver, driver)}"

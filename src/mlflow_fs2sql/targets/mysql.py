@@ -31,10 +31,12 @@ in; both helper databases are dropped afterwards.
 The load runs in strict SQL mode (``STRICT_ALL_TABLES``: no silent truncation or clamping -- with
 ``sql_mode=''``, which MLflow sets on its own sessions, MariaDB stores 2147483647 for a too-large
 experiment ID) plus ``NO_AUTO_VALUE_ON_ZERO`` (else experiment 0 becomes 1), with the same
-value-length checks as for SQLite beforehand. Rows go in as batched multi-row INSERTs: PyMySQL's
-``executemany`` folds them into statements of up to 1 MB (measured: 1M metric rows ~13 s on
-MariaDB 10.11). PyMySQL is pure Python (no compiler, no client library), which is why it is the
-driver fs2sql installs; a plain ``mysql://`` URL uses it.
+value-length checks as for SQLite beforehand. Rows go in as multi-row INSERTs of up to 1M
+characters, their literals written the way PyMySQL writes them but without its per-value
+dispatch, which cost more than the server's own work (PyMySQL's ``executemany``: 1M metric
+rows in ~25 s; these statements: see bench/RESULTS.md). PyMySQL is pure Python (no compiler,
+no client library), which is why it is the driver fs2sql installs; a plain ``mysql://`` URL
+uses it.
 
 InnoDB hands out ``max(experiment_id) + 1`` to MLflow's next ``create_experiment`` on its own
 (the AUTO_INCREMENT counter follows explicit inserts and moves with the table).
@@ -43,7 +45,7 @@ InnoDB hands out ``max(experiment_id) + 1`` to MLflow's next ``create_experiment
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from ..errors import TargetError
 from ..schema import mlflow_skinny_version
@@ -83,6 +85,7 @@ class MysqlTarget(ServerTarget):
         self._admin_engine = None
         self.admin = None
         self._locked = False
+        self._statement_chars = 1_000_000
 
     # -- connections -------------------------------------------------------------------------
     def engine(self, *, read_only: bool = False, database: Optional[str] = None):
@@ -162,9 +165,22 @@ class MysqlTarget(ServerTarget):
             self._engine = self.engine(database=self.stage)
             self.conn = self._connect(self._engine)
             revision = self.requested_revision if self.state.empty else self.state.revision
-            self.revision = create_schema_in_transaction(self.conn, revision)
+
+            def reset() -> None:  # a schema replay that went wrong: an empty stage again
+                self.conn.rollback()  # its metadata locks would block the DROP below
+                self.admin.exec_driver_sql(f"DROP DATABASE {quote(self.stage)}")
+                self.admin.exec_driver_sql(f"CREATE DATABASE {quote(self.stage)} CHARACTER SET "
+                                           f"{charset} COLLATE {collation}")
+                self.conn.exec_driver_sql(f"USE {quote(self.stage)}")
+
+            self.revision = create_schema_in_transaction(self.conn, revision, reset=reset,
+                                                         database=self.stage)
             self.conn.commit()
             self.conn.exec_driver_sql(f"SET SESSION sql_mode = '{LOAD_SQL_MODE}'")
+            # Statements of at most 1M characters, and never more than an eighth of the
+            # server's packet limit (a character may take 4 bytes in utf8mb4).
+            packet = self.conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+            self._statement_chars = max(4096, min(1_000_000, int(packet or 0) // 8))
         except TargetError:
             raise
         except Exception as exc:
@@ -174,12 +190,20 @@ class MysqlTarget(ServerTarget):
 
     def insert_many(self, table: str, columns: Sequence[str], rows: List[tuple]) -> None:
         names = ", ".join(quote(c) for c in columns)
-        marks = ", ".join(["%s"] * len(columns))
-        sql = f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})"
+        prefix = f"INSERT INTO {quote(table)} ({names}) VALUES "
         try:
             cursor = self.conn.connection.driver_connection.cursor()
             try:
-                cursor.executemany(sql, rows)  # multi-row INSERTs of up to 1 MB each
+                try:
+                    if self.parsed.driver != "pymysql":
+                        raise TypeError(self.parsed.driver)  # its own escaping, its own path
+                    statements = list(_multi_row_inserts(prefix, rows, self._statement_chars))
+                except TypeError:  # a value of a type only the driver knows how to write
+                    marks = ", ".join(["%s"] * len(columns))
+                    cursor.executemany(prefix + f"({marks})", rows)
+                else:
+                    for statement in statements:
+                        cursor.execute(statement)
             finally:
                 cursor.close()
         except Exception as exc:
@@ -276,5 +300,42 @@ class MysqlTarget(ServerTarget):
         self.admin = self._engine = self._admin_engine = None
         self._locked = False
 
-    def start_command(self) -> str:
-        return f"mlflow server --backend-store-uri '{self.display}'"
+
+def _multi_row_inserts(prefix: str, rows: List[tuple], limit: int) -> Iterator[str]:
+    """``INSERT ... VALUES (...), (...)`` statements of about ``limit`` characters, values
+    written as literals exactly as PyMySQL writes them (its own string escaping; floats as
+    ``repr`` with an exponent, so the server reads a DOUBLE and not a DECIMAL; bools as 0/1),
+    without its per-value dispatch, which costs more than the server's work. A type other than
+    str/int/float/bool/None raises TypeError (the caller lets the driver write that batch)."""
+    from pymysql.converters import escape_string
+
+    def literal(value) -> str:
+        kind = type(value)
+        if kind is str:
+            return "'" + escape_string(value) + "'"
+        if kind is int:
+            return str(value)
+        if kind is float:
+            text = repr(value)
+            if "e" not in text:
+                if text in ("inf", "-inf", "nan"):
+                    raise TypeError(text)  # the driver refuses it with its own message
+                text += "e0"
+            return text
+        if value is None:
+            return "NULL"
+        if kind is bool:
+            return "1" if value else "0"
+        raise TypeError(kind.__name__)
+
+    parts: List[str] = []
+    size = 0
+    for row in rows:
+        text = "(" + ",".join(map(literal, row)) + ")"
+        if parts and size + len(text) > limit:
+            yield prefix + ",".join(parts)
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text) + 1
+    if parts:
+        yield prefix + ",".join(parts)

@@ -65,7 +65,7 @@ def test_json_report_contract(tiny_store, tmp_path):
     assert kinds["metrics"] == {"kind": "Metric points", "table": "metrics", "found": 2,
                                 "written": 2, "verified": None}
     assert set(report) >= {"schema", "skipped", "ignored", "not_migrated", "warnings",
-                           "mismatches", "elapsed_s", "start_command", "source", "target"}
+                           "mismatches", "elapsed_s", "start_command", "start_requires", "source", "target"}
 
 
 def test_existing_target_without_terminal_is_refused_with_exit_1(tiny_store, tmp_path):

@@ -376,11 +376,11 @@ def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment
 
 
 # -- atomicity -------------------------------------------------------------------------------------
-def _kill_during(args, wait_for, timeout=120):
+def _kill_during(args, wait_for, timeout=120, env=None):
     """Start ``fs2sql migrate``; kill -9 it once ``wait_for()`` is true; return its exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "mlflow_fs2sql", "migrate", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -413,13 +413,16 @@ def _pg_admin_query(sql):
 @pytest.mark.parametrize("moment", ["schema", "copy", "verify"])
 def test_kill_9_during_a_postgres_migration_leaves_an_empty_database(pg, moment, tmp_path):
     require_schema("assessments")
-    # The COPY of a fixture store is over in a blink: a store heavy in metrics for that moment.
-    store = (metric_heavy_store(tmp_path / "mlruns", points=5000) if moment == "copy"
-             else fixture_store("3.17.2", "full"))
+    # Each moment must last long enough for a poll to see it: the load and verify of a fixture
+    # store are over in a blink, so those moments get a store heavy in metrics; a replayed
+    # schema takes 0.3 s, so the schema moment runs MLflow's migrations themselves.
+    store = (fixture_store("3.17.2", "full") if moment == "schema"
+             else metric_heavy_store(tmp_path / "mlruns", points=5000))
+    env = {"FS2SQL_NO_SCHEMA_CACHE": "1"} if moment == "schema" else {}
     url = pg.new_db()
     like = {"schema": "%%alembic%%", "copy": "COPY %%", "verify": "SELECT %%run_uuid%%"}[moment]
     code = _kill_during([str(store), url, "--experiment-ids", "renumber", "--verify"],
-                        lambda: _pg_activity(url, like))
+                        lambda: _pg_activity(url, like), env=env)
     assert code == -signal.SIGKILL, f"fs2sql finished before reaching {moment}"
     time.sleep(0.5)  # the server notices the dead client and rolls back
     assert pg.tables(url) == []
@@ -427,9 +430,9 @@ def test_kill_9_during_a_postgres_migration_leaves_an_empty_database(pg, moment,
     assert report.ok and verify(str(store), url).ok
 
 
-def test_kill_9_during_a_mysql_migration_leaves_no_tables_and_a_rerun_works(my):
-    require_schema("assessments")
-    store = fixture_store("3.17.2", "full")
+def test_kill_9_during_a_mysql_migration_leaves_no_tables_and_a_rerun_works(my, tmp_path):
+    # A load long enough for a poll to land in it (a fixture store's is over in a blink).
+    store = metric_heavy_store(tmp_path / "mlruns", points=5000)
     url = my.new_db()
     name = url.rsplit("/", 1)[1]
 

@@ -152,11 +152,7 @@ def load_postgresql(url: str, mlruns: str, a, info: dict) -> ServerFloor:
             for row in rows:
                 w(row)
 
-    f = ServerFloor(write, experiment_id_map(mlruns))
-    t = time.perf_counter()
-    base.walk(f, mlruns)
-    f.flush(force=True)
-    info["walk_and_copy_s"] = round(time.perf_counter() - t, 3)
+    f = walk_into(write, mlruns, info, "walk_and_copy_s")
     t = time.perf_counter()
     for _, definition in idx:
         cur.execute(definition)
@@ -165,6 +161,16 @@ def load_postgresql(url: str, mlruns: str, a, info: dict) -> ServerFloor:
     conn.commit()
     conn.close()
     info["commit_s"] = round(time.perf_counter() - t, 3)
+    return f
+
+
+def walk_into(write, mlruns: str, info: dict, key: str) -> ServerFloor:
+    """floor.py's walk of the store with every batch handed to ``write``; timed into info."""
+    f = ServerFloor(write, experiment_id_map(mlruns))
+    t = time.perf_counter()
+    base.walk(f, mlruns)
+    f.flush(force=True)
+    info[key] = round(time.perf_counter() - t, 3)
     return f
 
 
@@ -200,11 +206,7 @@ def load_mysql(url: str, mlruns: str, a, info: dict) -> ServerFloor:
         cur.executemany(f"INSERT INTO `{table}` ({', '.join(f'`{c}`' for c in cols)}) "
                         f"VALUES ({', '.join(['%s'] * len(cols))})", rows)
 
-    f = ServerFloor(write, experiment_id_map(mlruns))
-    t = time.perf_counter()
-    base.walk(f, mlruns)
-    f.flush(force=True)
-    info["walk_and_insert_s"] = round(time.perf_counter() - t, 3)
+    f = walk_into(write, mlruns, info, "walk_and_insert_s")
     t = time.perf_counter()
     conn.commit()
     info["commit_s"] = round(time.perf_counter() - t, 3)

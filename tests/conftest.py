@@ -209,27 +209,24 @@ def metric_heavy_store(root, runs=60, points=3000):
 
 
 # -- real database servers (tests/servers.py) ------------------------------------------------------
-@pytest.fixture
-def pg():
-    servers._require("postgresql", servers.PG_ADMIN)
-    server = servers.Server("postgresql", servers.PG_ADMIN)
+def _serving(kind: str):
+    admin = servers.PG_ADMIN if kind == "postgresql" else servers.MYSQL_ADMIN
+    servers._require(kind, admin)
+    server = servers.Server(kind, admin)
     yield server
     server.drop_all()
+
+
+@pytest.fixture
+def pg():
+    yield from _serving("postgresql")
 
 
 @pytest.fixture
 def my():
-    servers._require("mysql", servers.MYSQL_ADMIN)
-    server = servers.Server("mysql", servers.MYSQL_ADMIN)
-    yield server
-    server.drop_all()
+    yield from _serving("mysql")
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
 def server(request):
-    kind = request.param
-    admin = servers.PG_ADMIN if kind == "postgresql" else servers.MYSQL_ADMIN
-    servers._require(kind, admin)
-    s = servers.Server(kind, admin)
-    yield s
-    s.drop_all()
+    yield from _serving(request.param)

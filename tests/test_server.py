@@ -60,20 +60,28 @@ def test_mlflow_server_lists_the_migrated_runs(version, tmp_path):
     assert_server_lists_runs(SERVER, db, fs, tmp_path)
 
 
-# -- PostgreSQL -----------------------------------------------------------------------------------
+# -- PostgreSQL and MariaDB ------------------------------------------------------------------------
+# MLflow installs no database driver: the start command names one it can get from pip (a bare
+# mysql:// is SQLAlchemy's mysqlclient, which needs a compiler and libmysqlclient) and says so.
+_START = {"postgresql": ("postgresql+psycopg2://", "pip install psycopg2-binary"),
+          "mysql": ("mysql+pymysql://", "pip install pymysql")}
+
+
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
-def test_mlflow_server_lists_the_runs_on_postgresql_renumbered(version, pg, tmp_path):
+def test_mlflow_server_lists_the_runs_on_a_renumbered_server_database(version, server, tmp_path):
     fs, store = _fixture(version)
-    url = pg.new_db()
+    url = server.new_db()
     report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
     assert report.ok, report.mismatches[:5]
     renumbered = _renumbered(report, fs)
-    tags = pg.query(url, f"SELECT experiment_id, value FROM experiment_tags "
-                         f"WHERE key = '{SOURCE_ID_TAG}'")
+    key = '"key"' if server.kind == "postgresql" else "`key`"
+    tags = server.query(url, f"SELECT experiment_id, value FROM experiment_tags "
+                             f"WHERE {key} = '{SOURCE_ID_TAG}'")
     assert {int(source): new for new, source in tags} == renumbered
-    assert _start_uri(report, url).startswith("postgresql+psycopg2://")
-    assert report.start_requires == "pip install psycopg2-binary"
-    assert_server_lists_runs(SERVER, _start_uri(report, url), fs, tmp_path, renumbered)
+    prefix, requires = _START[server.kind]
+    uri = _start_uri(report, url)
+    assert uri.startswith(prefix) and report.start_requires == requires
+    assert_server_lists_runs(SERVER, uri, fs, tmp_path, renumbered)
 
 
 def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):
@@ -87,24 +95,6 @@ def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):
     assert report.experiment_ids == {"policy": "widen", "renumbered": {}}
     assert _start_uri(report, url).startswith("postgresql+psycopg2://")
     assert_server_lists_runs(SERVER, _start_uri(report, url), fs, tmp_path)
-
-
-# -- MariaDB / MySQL ------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
-def test_mlflow_server_lists_the_runs_on_mysql_renumbered(version, my, tmp_path):
-    fs, store = _fixture(version)
-    url = my.new_db()
-    report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
-    assert report.ok, report.mismatches[:5]
-    renumbered = _renumbered(report, fs)
-    tags = my.query(url, f"SELECT experiment_id, value FROM experiment_tags "
-                         f"WHERE `key` = '{SOURCE_ID_TAG}'")
-    assert {int(source): new for new, source in tags} == renumbered
-    # A bare mysql:// is SQLAlchemy's mysqlclient (MySQLdb), which MLflow does not install and
-    # which needs a compiler and libmysqlclient: the command names PyMySQL and says so.
-    uri = _start_uri(report, url)
-    assert uri.startswith("mysql+pymysql://") and report.start_requires == "pip install pymysql"
-    assert_server_lists_runs(SERVER, uri, fs, tmp_path, renumbered)
 
 
 def _fixture(version):

@@ -394,20 +394,10 @@ def _kill_during(args, wait_for, timeout=120, env=None):
             proc.kill()
 
 
-def _pg_activity(url, like):
-    rows = _pg_admin_query(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fs2sql' AND "
-        f"datname = '{url.rsplit('/', 1)[1]}' AND query ILIKE '{like}'")
+def _pg_activity(pg, url, like):
+    rows = pg.query(PG_ADMIN, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                    f"'fs2sql' AND datname = '{url.rsplit('/', 1)[1]}' AND query ILIKE '{like}'")
     return rows[0][0] > 0
-
-
-def _pg_admin_query(sql):
-    engine = _engine(PG_ADMIN)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("moment", ["schema", "copy", "verify"])
@@ -422,7 +412,7 @@ def test_kill_9_during_a_postgres_migration_leaves_an_empty_database(pg, moment,
     url = pg.new_db()
     like = {"schema": "%%alembic%%", "copy": "COPY %%", "verify": "SELECT %%run_uuid%%"}[moment]
     code = _kill_during([str(store), url, "--experiment-ids", "renumber", "--verify"],
-                        lambda: _pg_activity(url, like), env=env)
+                        lambda: _pg_activity(pg, url, like), env=env)
     assert code == -signal.SIGKILL, f"fs2sql finished before reaching {moment}"
     time.sleep(0.5)  # the server notices the dead client and rolls back
     assert pg.tables(url) == []

@@ -214,40 +214,45 @@ class PostgresTarget(ServerTarget):
 _BULK_TABLES = ("metrics", "latest_metrics", "params", "tags")
 
 
+def _constraints(conn, tables, types: str, where: str = "") -> List[tuple]:
+    """(table, name, definition) of the constraints of ``tables`` whose type is in ``types``
+    ('f' foreign key, 'p' primary key, 'u' unique), in the current schema."""
+    return [tuple(r) for r in conn.exec_driver_sql(
+        "SELECT cl.relname::text, co.conname::text, pg_get_constraintdef(co.oid) "
+        "FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid "
+        "WHERE co.contype::text = ANY(%(types)s) "
+        "AND cl.relnamespace = current_schema()::regnamespace "
+        f"AND cl.relname::text = ANY(%(tables)s) {where} ORDER BY 1, 2",
+        {"types": list(types), "tables": list(tables)})]
+
+
+def _drop_constraints(conn, found: List[tuple]) -> None:
+    for table, name, _ in found:
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
+
+
 def _detach_foreign_keys(conn, tables) -> List[tuple]:
     """Drop the foreign keys of ``tables`` (inside the load's transaction); return
     (table, name, definition) to re-add them before commit."""
-    found = [tuple(r) for r in conn.exec_driver_sql(
-        "SELECT cl.relname::text, co.conname::text, pg_get_constraintdef(co.oid) "
-        "FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid "
-        "JOIN pg_namespace n ON n.oid = cl.relnamespace "
-        "WHERE co.contype = 'f' AND n.nspname = current_schema() "
-        "AND cl.relname::text = ANY(%(tables)s) ORDER BY 1, 2", {"tables": list(tables)})]
-    for table, name, _ in found:
-        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
+    found = _constraints(conn, tables, "f")
+    _drop_constraints(conn, found)
     return found
 
 
 def _detach_indexes(conn, tables) -> List[str]:
     """Drop the primary keys and indexes of ``tables`` (inside the load's transaction) that no
     foreign key depends on; return the statements that re-create them exactly."""
-    constraints = [tuple(r) for r in conn.exec_driver_sql(
-        "SELECT cl.relname::text, co.conname::text, pg_get_constraintdef(co.oid) "
-        "FROM pg_constraint co JOIN pg_class cl ON cl.oid = co.conrelid "
-        "WHERE co.contype IN ('p', 'u') AND cl.relnamespace = current_schema()::regnamespace "
-        "AND cl.relname::text = ANY(%(tables)s) AND NOT EXISTS (SELECT 1 FROM pg_constraint f "
-        "WHERE f.contype = 'f' AND f.conindid = co.conindid) ORDER BY 1, 2",
-        {"tables": list(tables)})]
+    constraints = _constraints(conn, tables, "pu", "AND NOT EXISTS (SELECT 1 FROM pg_constraint "
+                               "f WHERE f.contype = 'f' AND f.conindid = co.conindid)")
     indexes = [tuple(r) for r in conn.exec_driver_sql(
         "SELECT ic.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
         "JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class tc ON tc.oid = i.indrelid "
         "WHERE tc.relnamespace = current_schema()::regnamespace "
         "AND tc.relname::text = ANY(%(tables)s) AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
         "WHERE c.conindid = i.indexrelid) ORDER BY 1", {"tables": list(tables)})]
-    restore = []
-    for table, name, definition in constraints:
-        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
-        restore.append(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}")
+    _drop_constraints(conn, constraints)
+    restore = [f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}"
+               for table, name, definition in constraints]
     for name, definition in indexes:
         conn.exec_driver_sql(f"DROP INDEX {quote(name)}")
         restore.append(definition)

@@ -177,6 +177,45 @@ def test_mysql_login_refused_and_missing_database(my, tmp_path):
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
+def test_a_password_user_migrates_and_the_password_is_shown_nowhere(my, tmp_path):
+    """A MariaDB user with a password full of URL syntax: the migration and verify work, and
+    neither the password nor its URL-encoded form appears in output, --json or the start
+    command (MySQL checks passwords here; the PostgreSQL test server trusts every login)."""
+    import json
+    from urllib.parse import quote
+
+    url = my.new_db()
+    name = url.rsplit("/", 1)[1]
+    user, password = f"fs2sql_pw_{uuid.uuid4().hex[:6]}", "s3cr@t:/pw?#%"
+    admin = _engine(MYSQL_ADMIN)
+    with admin.connect() as conn:
+        for host in ("%", "localhost"):
+            conn.exec_driver_sql("CREATE USER %s@%s IDENTIFIED BY %s", (user, host, password))
+            for db in (name, f"fs2sql_stage_{name}", f"fs2sql_old_{name}"):
+                conn.exec_driver_sql(f"GRANT ALL ON `{db}`.* TO %s@%s", (user, host))
+    try:
+        user_url = url.replace("root@", f"{user}:{quote(password, safe='')}@", 1)
+        out = tmp_path / "report.json"
+        result = run_cli("migrate", str(small_id_store(tmp_path)), user_url, "--verify",
+                         "--json", str(out))
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout + result.stderr + out.read_text()
+        report = json.loads(out.read_text())
+        assert report["ok"] and report["exit_code"] == 0
+        assert all(k["verified"] == k["written"] for k in report["kinds"])
+        assert f"{user}:***@" in report["target"] and f"{user}:***@" in report["start_command"]
+        for secret in (password, quote(password, safe=""), quote(password)):
+            assert secret not in shown
+        wrong = run_cli("verify", str(small_id_store(tmp_path / "again")),
+                        user_url.replace(quote(password, safe=""), "nope"))
+        assert wrong.returncode == 1 and "refused the login" in wrong.stderr
+    finally:
+        with admin.connect() as conn:
+            for host in ("%", "localhost"):
+                conn.exec_driver_sql("DROP USER IF EXISTS %s@%s", (user, host))
+        admin.dispose()
+
+
 def test_postgres_user_without_create_privilege(pg, tmp_path):
     url = pg.new_db()
     role = f"fs2sql_ro_{uuid.uuid4().hex[:6]}"

@@ -115,7 +115,8 @@ def plan(root: str, policy: str, target) -> IdPlan:
                      "(widening the columns is not offered on MySQL/MariaDB: MLflow's later "
                      "upgrades fail on it)")
             raise SchemaError(
-                f"{len(too_big)} experiments have IDs that do not fit the 32-bit experiment_id "
+                f"{_experiments(len(too_big))} {'has an ID' if len(too_big) == 1 else 'have IDs'}"
+                " that do not fit the 32-bit experiment_id "
                 f"columns of MLflow's schema on this server: {shown}{more}. Nothing was "
                 "written.",
                 hint="Choose one: --experiment-ids renumber gives those experiments new small "
@@ -214,8 +215,9 @@ def record(report, plan: IdPlan) -> None:
                              "renumbered": {str(k): v for k, v in sorted(plan.mapping.items())}}
     if plan.mapping:
         report.notes.append(
-            f"{len(plan.mapping)} experiments got new IDs to fit MLflow's 32-bit experiment_id "
-            "columns (--experiment-ids renumber; source ID → database ID): "
+            f"{_experiments(len(plan.mapping))} got "
+            f"{'a new ID' if len(plan.mapping) == 1 else 'new IDs'} to fit MLflow's 32-bit "
+            "experiment_id columns (--experiment-ids renumber; source ID → database ID): "
             + "; ".join(plan.describe())
             + f". Each keeps its source ID in the experiment tag {SOURCE_ID_TAG}; run, trace "
             "and model IDs and artifact URIs are unchanged.")
@@ -255,3 +257,7 @@ def mapping_from_db(conn) -> Dict[int, int]:
 
 def _key_column(conn) -> str:
     return "`key`" if conn.dialect.name in ("mysql", "mariadb") else '"key"'
+
+
+def _experiments(n: int) -> str:
+    return f"{n} experiment" if n == 1 else f"{n} experiments"

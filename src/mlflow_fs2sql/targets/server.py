@@ -262,7 +262,7 @@ def inspect_state(conn, parsed: ServerUrl, requested_revision: Optional[str],
                 default = True
                 continue
         if n:
-            found.append(f"{table}: {n} rows")
+            found.append(f"{table}: {n} row{'' if n == 1 else 's'}")
     if found:
         raise TargetError(
             "the database already holds MLflow data (" + "; ".join(found[:8])

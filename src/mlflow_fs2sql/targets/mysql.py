@@ -194,11 +194,14 @@ class MysqlTarget(ServerTarget):
         try:
             cursor = self.conn.connection.driver_connection.cursor()
             try:
-                try:
-                    if self.parsed.driver != "pymysql":
-                        raise TypeError(self.parsed.driver)  # its own escaping, its own path
-                    statements = list(_multi_row_inserts(prefix, rows, self._statement_chars))
-                except TypeError:  # a value of a type only the driver knows how to write
+                statements = None
+                if self.parsed.driver == "pymysql":  # other drivers escape their own way
+                    try:
+                        statements = list(_multi_row_inserts(prefix, rows,
+                                                             self._statement_chars))
+                    except TypeError:  # a value of a type only the driver knows how to write
+                        pass
+                if statements is None:
                     marks = ", ".join(["%s"] * len(columns))
                     cursor.executemany(prefix + f"({marks})", rows)
                 else:

@@ -169,11 +169,7 @@ class SqliteTarget(Target):
         try:
             self.conn = self._engine.connect()
         except Exception as exc:
-            self.abort()
-            wrapped = _wrap_db_error(exc, self.path)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            self._abort_and_raise(exc)
         self._raw = self.conn.connection.driver_connection
         self._deferred_indexes = self._drop_secondary_indexes()
         return self.conn
@@ -229,14 +225,18 @@ class SqliteTarget(Target):
             self.abort()
             raise _io_error(exc, self.path) from exc
         except Exception as exc:
-            self.abort()
-            wrapped = _wrap_db_error(exc, self.path)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            self._abort_and_raise(exc)
         except BaseException:
             self.abort()
             raise
+
+    def _abort_and_raise(self, exc: Exception) -> None:
+        """Undo everything, then raise ``exc`` (as one paragraph where SQLite's I/O failed)."""
+        self.abort()
+        wrapped = _wrap_db_error(exc, self.path)
+        if wrapped is exc:
+            raise exc
+        raise wrapped from exc
 
     def abort(self) -> None:
         self._close_connection()

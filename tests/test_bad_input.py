@@ -643,11 +643,11 @@ def test_ctrl_c_mid_walk_is_exit_130_and_leaves_nothing(store, tmp_path, monkeyp
     real = walk.Walk.read_run
     calls = []
 
-    def read_run(self, experiment, path):
+    def read_run(self, experiment, path, **kw):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, experiment, path)
+        return real(self, experiment, path, **kw)
 
     monkeypatch.setattr(walk.Walk, "read_run", read_run)
     before = tree_hash(store)
@@ -668,13 +668,13 @@ def test_files_changing_during_the_migration_are_a_warning(store, tmp_path, monk
     real = walk.Walk.read_run
     seen = []
 
-    def read_run(self, experiment, path):
+    def read_run(self, experiment, path, **kw):
         if seen == [str(running)]:  # the next run after the running one was read
             with open(metric, "a") as f:  # the user's training script, not fs2sql
                 f.write("1900000000000 1.0 99\n")
         if path == str(running) or seen:
             seen.append(path)
-        return real(self, experiment, path)
+        return real(self, experiment, path, **kw)
 
     monkeypatch.setattr(walk.Walk, "read_run", read_run)
     result = cli("migrate", store, tmp_path / "o.db", "--json", "-")

@@ -53,6 +53,24 @@ class Run:
     # Entities stored inside the run folder (dataset inputs, model links): written and
     # skipped together with the run.
     attached: Tuple[object, ...] = ()
+    # What was read of each metric file: (key, bytes consumed, hash of the bytes just before).
+    # ``sync`` resumes there next time; ``metrics_from`` names the keys read from such an offset
+    # this time (their points and latest value cover only the new lines).
+    metric_files: Tuple[Tuple[str, int, str], ...] = ()
+    metrics_from: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A unit the walk's selector said need not be read (``sync``: its files are as they were
+    at the last sync), or -- ``pending`` -- one caught while MLflow was rewriting it (read again
+    by the next sync)."""
+
+    kind: str
+    unit_id: str
+    path: str
+    pending: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True)

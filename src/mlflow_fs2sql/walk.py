@@ -8,13 +8,15 @@ one run at a time. In strict mode the first invalid entity raises ``InvalidSourc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Set, Union
 
 from .errors import InvalidSource, SourceError
-from .model import Experiment, Run, Skipped
+from .model import Experiment, Run, Skipped, Unchanged
 from .parse import (
     check_inside,
     field_int,
@@ -25,6 +27,7 @@ from .parse import (
     read_key_values,
     read_yaml_mapping,
     set_store_root,
+    store_bounds,
     walk_key_files,
 )
 
@@ -43,6 +46,14 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUN_CONTENTS = ("params", "metrics", "tags", "artifacts", "inputs", "outputs")
 
 Entity = Union[Experiment, Run, object]
+
+# ``Walk(selector=...)``: fn(kind, unit ID, folder) -> False (not read: an ``Unchanged`` marker is
+# yielded instead), True (read it), or, for runs, {metric key: (offset, tail hash)} to read those
+# metric files from where the last sync stopped. Called before anything of the unit is read.
+Selector = Callable[[str, str, str], Union[bool, dict]]
+# Kinds a selector is asked about: the numerous ones. Experiments, datasets and the registry are
+# few and small; they are always read (and compared by the caller).
+SELECTED_KINDS = ("run", "trace", "logged model")
 
 # Entity kinds beyond experiments and runs plug in here (``kinds/*.py``):
 # experiment sub-folder name -> fn(walk, experiment, folder) yielding entities;
@@ -115,10 +126,18 @@ class Walk:
         *,
         skip_invalid: bool = False,
         check: Optional[Callable[[Entity], None]] = None,
+        selector: Optional[Selector] = None,
+        pending_window_s: Optional[float] = None,
     ):
         self.root = root
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
+        # sync: which units to read, and how recently a file may have changed for a unit that
+        # cannot be read to count as "being written right now" (an ``Unchanged`` marker with
+        # ``pending``) instead of as invalid. A RUNNING run's last metric line without its
+        # newline is left for the next sync too.
+        self.selector = selector
+        self.pending_window_s = pending_window_s
         self.bounds = set_store_root(root)  # links may not lead out of the store
         self.skipped: List[Skipped] = []
         self.ignored: List[str] = []  # junk files and stray folders, listed in the report
@@ -259,15 +278,29 @@ class Walk:
             seen_ids.add(exp_dir.dir_name)
             yield experiment
             for run_path in run_paths:
+                rid = os.path.basename(run_path)
+                plan = self.select("run", rid, run_path)
+                if plan is False:
+                    self._run_ids.setdefault(rid, run_path)
+                    yield Unchanged("run", rid, run_path)
+                    continue
                 try:
-                    run = self.read_run(experiment, run_path)
-                    self.check(run)
+                    run = self.read_run(experiment, run_path,
+                                        resume=plan if isinstance(plan, dict) else None)
                 except InvalidSource as exc:
-                    self._skip_or_raise(exc, "run", os.path.basename(run_path))
+                    marker = self.pending(exc, "run", rid, run_path)
+                    if marker is not None:
+                        yield marker
+                        continue
+                    self._skip_or_raise(exc, "run", rid)
                     continue
                 except OSError as exc:  # e.g. a folder that vanished while being read
-                    self._skip_or_raise(_unreadable(exc, run_path, "run"), "run",
-                                        os.path.basename(run_path))
+                    self._skip_or_raise(_unreadable(exc, run_path, "run"), "run", rid)
+                    continue
+                try:
+                    self.check(run)
+                except InvalidSource as exc:
+                    self._skip_or_raise(exc, "run", rid)
                     continue
                 self._run_ids[run.run_uuid] = run.path
                 self.duplicate_metric_lines += run.duplicate_metric_lines
@@ -320,6 +353,9 @@ class Walk:
                 self.skipped.append(Skipped(sub, "*", folder, "the rest of this folder was not "
                                             f"read after an error in {bad.path}"))
                 return
+            if isinstance(entity, Unchanged):
+                yield entity
+                continue
             try:
                 if isinstance(entity, InvalidSource):
                     raise entity
@@ -370,6 +406,33 @@ class Walk:
                 f"{len(changed)} files were changed while fs2sql read the store (first: {first}):"
                 " something is still writing to it. Stop it (or wait until its runs finish) and "
                 "migrate again, or the database may miss the latest values.")
+
+    # -- sync: units not read, and units caught while being written ----------------------------
+    def select(self, kind: str, unit_id: str, path: str) -> Union[bool, dict]:
+        """The selector's plan for a unit (True: read it all, without a selector)."""
+        if self.selector is None:
+            return True
+        return self.selector(kind, unit_id, path)
+
+    def pending(self, exc: InvalidSource, kind: str, unit_id: str,
+                path: str) -> Optional[Unchanged]:
+        """A marker for a unit that failed to read because MLflow is rewriting it right now
+        (its file changed within ``pending_window_s``), or None: then it is invalid."""
+        if self.pending_window_s is None:
+            return None
+        now = time.time()
+        for where in (exc.path, os.path.dirname(exc.path or "") or None, path):
+            if not where:
+                continue
+            try:
+                mtime = os.stat(where).st_mtime
+            except OSError:
+                continue
+            if now - mtime <= self.pending_window_s:
+                return Unchanged(kind, unit_id, path, pending=True,
+                                 reason=f"{exc.path or path}: {exc.what}")
+            break
+        return None
 
     def has_run(self, run_id: str) -> bool:
         """Was this run yielded (migrated) so far in this walk?"""
@@ -448,7 +511,8 @@ class Walk:
         )
 
     # -- runs --------------------------------------------------------------------------------
-    def read_run(self, experiment: Experiment, run_path: str) -> Run:
+    def read_run(self, experiment: Experiment, run_path: str,
+                 resume: Optional[dict] = None) -> Run:
         rid = os.path.basename(run_path)
         meta_path = os.path.join(run_path, "meta.yaml")
         if run_path in self._linked_runs or self.bounds is None:
@@ -488,7 +552,9 @@ class Walk:
         ignored = self.ignored
         params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
         tags = read_key_values(os.path.join(run_path, "tags"), "run", rid, ignored)
-        metrics, latest, duplicates = _read_metrics(os.path.join(run_path, "metrics"), rid, ignored)
+        metrics, latest, duplicates, files, resumed = _read_metrics(
+            os.path.join(run_path, "metrics"), rid, ignored, resume,
+            complete_lines=self.selector is not None and status == "RUNNING")
         attached = tuple(a for reader in RUN_READERS
                          for a in reader(self, run_path, rid, experiment))
         name = field_str(meta, "run_name", meta_path, "run", rid)
@@ -517,6 +583,8 @@ class Walk:
             path=run_path,
             duplicate_metric_lines=duplicates,
             attached=attached,
+            metric_files=files,
+            metrics_from=resumed,
         )
 
 
@@ -549,14 +617,57 @@ def _enum(meta, key, names, default, bad) -> str:
               f"{sorted(names)} ({', '.join(sorted(set(names.values())))}).")
 
 
-def _read_metrics(folder: str, rid: str, ignored: List[str]):
+TAIL_BYTES = 256  # how much before a resume offset must be unchanged (else: read it all again)
+
+
+def tail_hash(data: bytes) -> str:
+    return hashlib.blake2b(data[-TAIL_BYTES:], digest_size=8).hexdigest()
+
+
+def _read_metrics(folder: str, rid: str, ignored: List[str], resume: Optional[dict] = None,
+                  complete_lines: bool = False):
+    """Points, latest points, duplicate count, (key, bytes consumed, tail hash) per file, and the
+    keys read from a resume offset. ``resume``: {key: (offset, tail hash)} -- only the lines
+    after the offset are parsed, unless the file is shorter or its bytes before the offset
+    changed (rewritten: read whole). ``complete_lines``: a last line without its newline is
+    being written; leave it for next time."""
     metrics = []
     latest = []
     duplicates = 0
+    files = []
+    resumed = []
     for key, path in sorted(walk_key_files(folder, ignored, "run", rid)):
-        points, last, dups = parse_metric_lines(read_bytes(path, "run", rid, watch=True), key,
-                                                path, rid)
+        start, before, data = _metric_bytes(path, rid, (resume or {}).get(key))
+        if complete_lines:
+            data = data[:data.rfind(b"\n") + 1]
+        if start:
+            resumed.append(key)
+        files.append((key, start + len(data), tail_hash(before + data)))
+        if not data and (start or complete_lines):
+            continue  # nothing new (or nothing complete yet); an empty file is invalid
+        points, last, dups = parse_metric_lines(data, key, path, rid)
         metrics.extend(points)
         latest.append(last)
         duplicates += dups
-    return tuple(metrics), tuple(latest), duplicates
+    return tuple(metrics), tuple(latest), duplicates, tuple(files), tuple(resumed)
+
+
+def _metric_bytes(path: str, rid: str, resume: Optional[tuple]):
+    """(offset, the bytes just before it, the bytes from there): the whole file, or what
+    follows ``resume``'s offset when the bytes before it are still the ones hashed last time."""
+    if not resume:
+        return 0, b"", read_bytes(path, "run", rid, watch=True)
+    offset, expected = resume
+    head = max(0, offset - TAIL_BYTES)
+    try:
+        with open(path, "rb") as f:
+            if store_bounds() is not None:
+                store_bounds().note_mtime(path, os.fstat(f.fileno()).st_mtime_ns)
+            f.seek(head)
+            data = f.read()
+    except OSError:
+        return 0, b"", read_bytes(path, "run", rid, watch=True)  # says what is wrong
+    before = data[:offset - head]
+    if len(before) < offset - head or tail_hash(before) != expected:
+        return 0, b"", read_bytes(path, "run", rid, watch=True)  # rewritten: all of it again
+    return offset, before, data[offset - head:]

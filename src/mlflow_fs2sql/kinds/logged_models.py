@@ -37,7 +37,7 @@ from typing import Iterator, List, Tuple
 
 from .. import walk as walk_module
 from ..errors import InvalidSource
-from ..model import Experiment, KeyValue
+from ..model import Experiment, KeyValue, Unchanged
 from ..parse import (
     MAX_DOUBLE,
     decode_text,
@@ -186,10 +186,13 @@ def walk_logged_models(walk, experiment: Experiment, folder: str) -> Iterator[ob
         if not os.path.exists(os.path.join(entry.path, "meta.yaml")):
             walk.not_migrated.setdefault(NOT_MIGRATED_NO_META, []).append(entry.path)
             continue
+        if walk.select(KIND, entry.name, entry.path) is False:
+            yield Unchanged(KIND, entry.name, entry.path)
+            continue
         try:
             model = read_logged_model(walk, experiment, entry.path)
         except InvalidSource as exc:
-            yield exc
+            yield walk.pending(exc, KIND, entry.name, entry.path) or exc
             continue
         add_note(walk, NOTE_IDENTICAL, model.identical_metric_lines)
         add_note(walk, NOTE_COLLIDING, model.colliding_metric_lines)

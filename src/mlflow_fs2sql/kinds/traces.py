@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Dict, Optional, Tuple
 
 from .. import walk as _walk
 from ..errors import InvalidSource
-from ..model import Experiment, KeyValue
+from ..model import Experiment, KeyValue, Unchanged
 from ..parse import field_int, field_str, is_junk, read_key_values, read_yaml_mapping
 from ..rows import TableSpec, register_builder, register_tables, target_has
 
@@ -136,10 +136,14 @@ def walk_traces(walk: _walk.Walk, experiment: Experiment, folder: str):
         if not os.path.isfile(os.path.join(entry.path, TRACE_INFO_FILE)):
             walk.ignored.append(entry.path)
             continue
+        if walk.select("trace", entry.name, entry.path) is False:
+            seen.traces.setdefault(entry.name, entry.path)
+            yield Unchanged("trace", entry.name, entry.path)
+            continue
         try:
             trace = read_trace(entry.path, experiment, walk.ignored, seen)
         except InvalidSource as exc:
-            yield exc
+            yield walk.pending(exc, "trace", entry.name, entry.path) or exc
             continue
         yield trace
 

@@ -8,7 +8,7 @@ README). Heavy modules (SQLAlchemy, Alembic, MLflow) are imported inside the com
 import os
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -122,6 +122,58 @@ def verify(
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
                                      progress=progress),
          quiet=quiet, verbose=verbose, json_file=json_file)
+
+
+@app.command()
+def sync(
+    paths: Annotated[Optional[List[str]], typer.Argument(
+        help="One or more mlruns folders, then the database (a file path, sqlite:///, "
+        "postgresql:// or mysql:// URL). A missing or empty database is created by the first "
+        "sync.", show_default=False, metavar="SOURCE... TARGET")] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Compare every synced entity with its store before committing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show what would change; write nothing.")] = False,
+    skip_invalid: SkipOpt = False,
+    mlflow_version: Annotated[Optional[str], typer.Option(
+        "--mlflow-version", metavar="X.Y[.Z]",
+        help="(first sync only) the schema of this MLflow release.")] = None,
+    experiment_ids: Annotated[Optional[str], typer.Option(
+        "--experiment-ids", metavar="keep|renumber|widen",
+        help="As for migrate; later syncs keep what the first one chose unless given.")] = None,
+    rename_conflicts: Annotated[bool, typer.Option(
+        "--rename-conflicts", help="Keep a deleted experiment whose name an active one has, "
+        "renamed 'NAME (deleted, from ID)', instead of refusing it.")] = False,
+    lock_timeout: Annotated[float, typer.Option(
+        "--lock-timeout", metavar="SECONDS",
+        help="How long to wait for another sync of the same database (then exit 5).")] = 900.0,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Read every file again instead of trusting size and mtime.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    json_file: JsonOpt = None,
+) -> None:
+    """Bring TARGET up to date with SOURCE(s); run it as often as you like (e.g. from cron)."""
+    from .sync import SyncOptions
+    from .sync import sync as run_sync
+
+    if not paths or len(paths) < 2:
+        raise typer.BadParameter("give at least one SOURCE and the TARGET",
+                                 param_hint="SOURCE... TARGET")
+    *sources, target = paths
+
+    def run(progress):
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        options = SyncOptions(verify=verify, dry_run=dry_run, skip_invalid=skip_invalid,
+                              mlflow_version=mlflow_version, experiment_ids=experiment_ids,
+                              rename_conflicts=rename_conflicts, lock_timeout=lock_timeout,
+                              full=full)
+        return run_sync(sources, target, options, progress,
+                        on_wait=lambda line: err.print(line, markup=False, soft_wrap=True))
+
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
 
 
 @app.command("upgrade-schema")

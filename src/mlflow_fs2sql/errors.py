@@ -14,6 +14,7 @@ EXIT_FAILED = 1  # bad input, target exists, I/O error: nothing was written
 EXIT_USAGE = 2  # Typer/Click's own usage errors
 EXIT_VERIFY_FAILED = 3  # verification found differences
 EXIT_SKIPPED = 4  # migrated, but --skip-invalid skipped some entities (listed in the report)
+EXIT_LOCKED = 5  # sync: another sync held the database past --lock-timeout; nothing changed
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: nothing was written
 
 

@@ -15,7 +15,7 @@ from . import (
     kinds,  # noqa: F401  (registers every entity kind)
 )
 from .errors import SchemaError, VerificationFailed
-from .model import Run
+from .model import Run, Unchanged
 from .progress import NULL_PROGRESS, Progress
 from .releases import describe_releases
 from .report import Report
@@ -36,6 +36,9 @@ class MigrateOptions:
     mlflow_version: Optional[str] = None  # X.Y[.Z]: the revision that release shipped as head
     batch_rows: int = DEFAULT_BATCH_ROWS
     experiment_ids: str = "keep"  # keep | renumber | widen: IDs vs 32-bit columns (ids.py)
+    rename_conflicts: bool = False  # a deleted experiment named like another: renamed, kept
+    # ``sync``'s first run into an empty target (sync/first.py): records the sync state
+    recorder: Optional[object] = None
 
 
 def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
@@ -69,11 +72,22 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
                 tgt.mlflow_skinny_version
             columns = tgt.columns()
         report.opens_in = describe_releases(report.revision)
-        walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
+        recorder = options.recorder
+        walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check,
+                    selector=recorder.selector if recorder else None,
+                    pending_window_s=recorder.pending_window_s if recorder else None,
+                    rename_conflicts=options.rename_conflicts)
         writer = Writer(tgt, columns, options.batch_rows) if conn is not None else None
+        if recorder is not None and conn is not None:
+            recorder.begin(conn, columns)
         progress.start("Migrating runs" if writer else "Reading runs", walk.count_runs())
         for entity in walk:
+            if isinstance(entity, Unchanged):  # sync: being written right now; next time
+                recorder.pending.append(entity)
+                continue
             rows = rows_for(entity)  # built once: the walk's check made and kept them
+            if recorder is not None:
+                recorder.observe(entity, rows)
             for table, table_rows in rows.items():
                 report.found[table] = report.found.get(table, 0) + len(table_rows)
             if writer is not None:
@@ -103,6 +117,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
                     f"{report.mismatches[0]}",
                     hint="Please report this with --json output; your source is unchanged.")
 
+        if recorder is not None:
+            recorder.finish(id_plan.policy)
         tgt.publish(before=verify_before_publish)
         report.start_command = tgt.start_command()
         report.start_requires = tgt.start_requires()
@@ -196,6 +212,8 @@ def _record_walk(report: Report, walk: Walk) -> None:
             f"{walk.running_runs} runs are still RUNNING: if something is still logging to "
             "this store, migrate again once it has finished.")
     report.warnings.extend(getattr(walk, "warnings", ()))  # files changed during the walk
+    for renamed in getattr(walk, "renamed", ()):
+        report.notes.append(f"Renamed a deleted experiment (--rename-conflicts): {renamed}.")
 
 
 def _record_verify(report: Report, verifier) -> None:

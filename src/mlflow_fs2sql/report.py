@@ -52,6 +52,11 @@ class Report:
     elapsed_s: float = 0.0
     start_command: str = ""
     start_requires: str = ""  # what MLflow's environment needs for it (a database driver)
+    # sync: {table: {inserted, updated, deleted}}, conflicts kept as the database has them,
+    # and per source what was read (see sync/core.py)
+    changes: Optional[Dict[str, Dict[str, int]]] = None
+    conflicts: List[str] = field(default_factory=list)
+    sources: List[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,10 +66,15 @@ class Report:
     def exit_code(self) -> int:
         if not self.ok:
             return EXIT_VERIFY_FAILED
-        if self.skipped and self.command == "migrate":
+        if self.skipped and self.command in ("migrate", "sync"):
             # verify --skip-invalid expects the same skips: no difference, so it passes (0)
             return EXIT_SKIPPED
         return EXIT_OK
+
+    @property
+    def changed(self) -> int:
+        """sync: rows inserted, updated and deleted, all tables together."""
+        return sum(sum(per.values()) for per in (self.changes or {}).values())
 
     @property
     def total_rows(self) -> int:
@@ -89,6 +99,7 @@ class Report:
                     "found": self.found.get(table, 0),
                     "written": None if self.written is None else self.written.get(table, 0),
                     "verified": None if self.verified is None else self.verified.get(table, 0),
+                    **({} if self.changes is None else self._changes_of(table)),
                 }
                 for label, table in kinds()
             ],
@@ -104,7 +115,14 @@ class Report:
             "rows_per_s": round(self.total_rows / self.elapsed_s) if self.elapsed_s else None,
             "start_command": self.start_command,
             "start_requires": self.start_requires,
+            **({} if self.changes is None else {
+                "changed_rows": self.changed, "conflicts": self.conflicts,
+                "sources": self.sources}),
         }
+
+    def _changes_of(self, table: str) -> dict:
+        per = (self.changes or {}).get(table, {})
+        return {k: per.get(k, 0) for k in ("inserted", "updated", "deleted")}
 
     def write_json(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -116,6 +134,8 @@ def render(report: Report, console) -> None:
     """The final table and notes, on ``console`` (stdout)."""
     from rich.table import Table
 
+    if report.command == "sync":
+        return render_sync(report, console)
     title = {"migrate": "fs2sql migrate", "verify": "fs2sql verify"}[report.command]
     if report.dry_run:
         title += " (dry run: nothing written)"
@@ -175,6 +195,61 @@ def render(report: Report, console) -> None:
         if report.start_requires:
             console.print(f"(MLflow's environment needs the database driver: "
                           f"{report.start_requires})", markup=False, soft_wrap=True)
+
+
+def render_sync(report: Report, console) -> None:
+    """One line when nothing changed (cron mails stay short); else the changes per kind."""
+    from rich.table import Table
+
+    units = sum(s.get("units_read", 0) + s.get("units_unchanged", 0) for s in report.sources)
+    if not report.changed and not report.conflicts and not report.skipped \
+            and report.ok:
+        console.print(f"Up to date: nothing to change in {report.target} "
+                      f"({len(report.sources)} source{'s' if len(report.sources) != 1 else ''},"
+                      f" {units:,} units checked, {report.elapsed_s:.2f} s)."
+                      + (" (dry run)" if report.dry_run else ""),
+                      markup=False, soft_wrap=True)
+        _render_lines(report, console)
+        return
+    title = "fs2sql sync" + (" (dry run: nothing written)" if report.dry_run else "")
+    table = Table(title=title, title_justify="left")
+    for column in ("Kind", "Inserted", "Updated", "Deleted"):
+        table.add_column(column, justify="left" if column == "Kind" else "right")
+    for label, key in kinds():
+        per = (report.changes or {}).get(key)
+        if per and any(per.values()):
+            table.add_row(label, *(f"{per.get(k, 0):,}" for k in
+                                   ("inserted", "updated", "deleted")))
+    console.print(table)
+    for src in report.sources:
+        what = "first sync (a migration)" if src.get("first_sync") else (
+            f"{src.get('units_changed', 0):,} changed, {src.get('units_read', 0):,} read, "
+            f"{src.get('units_unchanged', 0):,} unchanged by their files")
+        console.print(f"Source: {src['path']}: {what}", markup=False, soft_wrap=True)
+    console.print(f"Target: {report.target}", markup=False, soft_wrap=True)
+    console.print(f"Elapsed: {report.elapsed_s:.2f} s")
+    _render_lines(report, console)
+
+
+def _render_lines(report: Report, console) -> None:
+    for line in report.conflicts[:MAX_MISMATCHES_SHOWN]:
+        console.print(f"Conflict: {line}", markup=False, style="yellow", soft_wrap=True)
+    if len(report.conflicts) > MAX_MISMATCHES_SHOWN:
+        console.print(f"... and {len(report.conflicts) - MAX_MISMATCHES_SHOWN} more conflicts "
+                      "(all of them are in --json).", markup=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"Note: {note}", markup=False, soft_wrap=True)
+    for skipped in report.skipped:
+        console.print(f"SKIPPED {skipped.kind} {skipped.entity_id}: {skipped.path}: "
+                      f"{skipped.reason}", markup=False, soft_wrap=True)
+    for warning in report.warnings:
+        console.print(f"Warning: {warning}", markup=False, style="yellow", soft_wrap=True)
+    for line in report.mismatches[:MAX_MISMATCHES_SHOWN]:
+        console.print(line, markup=False, style="red", soft_wrap=True)
+    if report.verified is not None:
+        verdict = ("Verified: every synced entity holds what its store holds." if report.ok
+                   else f"Verification FAILED: {report.mismatch_count} differences.")
+        console.print(verdict, style="green" if report.ok else "bold red")
 
 
 class RichProgress(Progress):

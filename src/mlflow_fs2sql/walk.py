@@ -128,6 +128,7 @@ class Walk:
         check: Optional[Callable[[Entity], None]] = None,
         selector: Optional[Selector] = None,
         pending_window_s: Optional[float] = None,
+        rename_conflicts: bool = False,
     ):
         self.root = root
         self.skip_invalid = skip_invalid
@@ -138,6 +139,10 @@ class Walk:
         # newline is left for the next sync too.
         self.selector = selector
         self.pending_window_s = pending_window_s
+        # A deleted experiment whose name an earlier one has: renamed "NAME (deleted, from ID)"
+        # instead of refused (MLflow's database keeps names unique among deleted ones too).
+        self.rename_conflicts = rename_conflicts
+        self.renamed: List[str] = []  # "old -> new (experiment ID)", for the report
         self.bounds = set_store_root(root)  # links may not lead out of the store
         self.skipped: List[Skipped] = []
         self.ignored: List[str] = []  # junk files and stray folders, listed in the report
@@ -248,6 +253,7 @@ class Walk:
         self.warnings.clear()
         self._experiment_names.clear()
         self._run_ids.clear()
+        self.renamed.clear()
         self.duplicate_metric_lines = self.running_runs = 0
         self.bounds = set_store_root(self.root)
         seen_ids: Set[str] = set()
@@ -483,6 +489,11 @@ class Walk:
             raise InvalidSource("has no experiment name.", path=meta_path, kind="experiment",
                                 entity_id=eid)
         other = self._experiment_names.get(name)
+        if other is not None and self.rename_conflicts and exp_dir.in_trash:
+            renamed = f"{name} (deleted, from {eid})"
+            if renamed not in self._experiment_names:
+                self.renamed.append(f"{name!r} -> {renamed!r} (experiment {eid})")
+                name, other = renamed, None
         if other is not None:
             raise InvalidSource(
                 f"has the name {name!r}, which experiment {other} has too; MLflow's database "

@@ -106,8 +106,10 @@ def migrate(
 
 @app.command()
 def verify(
-    source: SourceArg = None,
-    target: TargetArg = None,
+    paths: Annotated[Optional[List[str]], typer.Argument(
+        help="The mlruns folder (or the folder that contains it), then the database. For a "
+        "database fs2sql sync keeps, every store synced into it may be given.",
+        show_default=False, metavar="SOURCE... TARGET")] = None,
     skip_invalid: SkipOpt = False,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
@@ -117,7 +119,11 @@ def verify(
     """Compare SOURCE with TARGET field by field; exit 3 if anything differs."""
     from .migrate import verify as run_verify
 
-    source, target = _source_and_target(source, target, example)
+    paths = list(paths or [])
+    if len(paths) > 2 and not example:
+        source, target = paths[:-1], paths[-1]
+    else:
+        source, target = _source_and_target(*(paths + [None, None])[:2], example)
 
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
                                      progress=progress),

@@ -14,7 +14,7 @@ from . import (
     ids,
     kinds,  # noqa: F401  (registers every entity kind)
 )
-from .errors import SchemaError, VerificationFailed
+from .errors import SchemaError, SourceError, VerificationFailed
 from .model import Run, Unchanged
 from .progress import NULL_PROGRESS, Progress
 from .releases import describe_releases
@@ -131,22 +131,34 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
     return _finish(report, started, progress)
 
 
-def verify(source: str, target: str, *, skip_invalid: bool = False,
+def verify(source, target: str, *, skip_invalid: bool = False,
            progress: Progress = NULL_PROGRESS) -> Report:
-    """Compare the store at ``source`` with the database ``target``; never writes."""
+    """Compare the store at ``source`` (or, for a database ``sync`` keeps, each store of a
+    list) with the database ``target``; never writes."""
     from .schema import read_target_columns
     from .targets import connect_for_reading, open_for_reading
     from .verify import verify_walk
 
     started = time.perf_counter()
-    root = locate_store(source)
+    roots = [locate_store(s) for s in ([source] if isinstance(source, str) else source)]
+    root = roots[0]
     engine, display = open_for_reading(target)
-    report = Report("verify", source=root, target=display)
+    report = Report("verify", source=", ".join(roots), target=display)
     try:
         with connect_for_reading(target, engine) as conn:
             columns = read_target_columns(conn)
             report.revision = conn.exec_driver_sql(
                 "SELECT version_num FROM alembic_version").scalar() or ""
+            if columns.has_table("fs2sql_units"):  # kept by sync: its state explains changes
+                from .sync.check import verify_synced
+
+                verify_synced(conn, columns, roots, report, progress)
+                return _finish(report, started, progress)
+            if len(roots) > 1:
+                raise SourceError(
+                    "several stores can only be verified against a database that fs2sql sync "
+                    "keeps; this one was made by a migration of one store.", path=display,
+                    hint="Verify it with the one store it was migrated from.")
             id_plan = ids.plan_from_db(conn, root)  # renumbered experiments pair by source ID
             ids.record(report, id_plan)
             walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)

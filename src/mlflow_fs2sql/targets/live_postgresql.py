@@ -147,7 +147,8 @@ class LivePostgres(LiveTarget):
         seq = self._sequence()
         if seq:
             self.conn.exec_driver_sql(
-                f"SELECT setval(%(seq)s, GREATEST(%(n)s, (SELECT last_value FROM {seq})))",
+                f"SELECT setval(%(seq)s, GREATEST(%(n)s, (SELECT CASE WHEN is_called THEN "
+                f"last_value ELSE last_value - 1 END FROM {seq}), 1))",
                 {"seq": seq, "n": int(largest)})
 
     def next_experiment_id(self) -> int:

@@ -111,6 +111,9 @@ def verify(
         "database fs2sql sync keeps, every store synced into it may be given.",
         show_default=False, metavar="SOURCE... TARGET")] = None,
     skip_invalid: SkipOpt = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="(a database fs2sql sync keeps) also fail on what the server changed "
+        "in synced entities since the last sync, instead of listing it.")] = False,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -126,7 +129,7 @@ def verify(
         source, target = _source_and_target(*(paths + [None, None])[:2], example)
 
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
-                                     progress=progress),
+                                     progress=progress, strict=strict),
          quiet=quiet, verbose=verbose, json_file=json_file)
 
 

@@ -132,7 +132,7 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
 
 
 def verify(source, target: str, *, skip_invalid: bool = False,
-           progress: Progress = NULL_PROGRESS) -> Report:
+           progress: Progress = NULL_PROGRESS, strict: bool = False) -> Report:
     """Compare the store at ``source`` (or, for a database ``sync`` keeps, each store of a
     list) with the database ``target``; never writes."""
     from .schema import read_target_columns
@@ -152,7 +152,7 @@ def verify(source, target: str, *, skip_invalid: bool = False,
             if columns.has_table("fs2sql_units"):  # kept by sync: its state explains changes
                 from .sync.check import verify_synced
 
-                verify_synced(conn, columns, roots, report, progress)
+                verify_synced(conn, columns, roots, report, progress, strict)
                 return _finish(report, started, progress)
             if len(roots) > 1:
                 raise SourceError(

@@ -35,7 +35,12 @@ MAX_LISTED = 1000
 
 
 class Findings:
-    def __init__(self):
+    # ``--strict``: what the server changed in synced entities fails too
+    STRICT = ("changed in the database since the last sync",
+              "deleted in the database since the last sync")
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
         self.failures: List[str] = []
         self.failure_count = 0
         self.listed: Dict[str, List[str]] = {}
@@ -48,6 +53,9 @@ class Findings:
             self.failures.append("FAILED: " + text)
 
     def list(self, what: str, text: str) -> None:
+        if self.strict and what in self.STRICT:
+            self.fail(f"{text} ({what})")
+            return
         items = self.listed.setdefault(what, [])
         if len(items) < MAX_LISTED:
             items.append(text)
@@ -268,11 +276,11 @@ def server_only(conn, columns) -> Dict[str, int]:
     return out
 
 
-def verify_synced(conn, columns, roots, report, progress) -> None:
+def verify_synced(conn, columns, roots, report, progress, strict: bool = False) -> None:
     """``fs2sql verify SOURCE... TARGET`` on a database kept by ``sync``."""
     import time
 
-    findings = Findings()
+    findings = Findings(strict)
     started = time.time()
     for root in roots:
         progress.start(f"Verifying {root}", 0)

@@ -67,8 +67,9 @@ def sync(sources: List[str], target: str, options: Optional[SyncOptions] = None,
         elif options.mlflow_version:
             report.notes.append("--mlflow-version applies to the first sync only: the database "
                                 "keeps its schema revision (a sync never changes it).")
+        synced = {s["source_id"] for s in report.sources}
         for root in todo:
-            _sync_one(live, root, options, report, progress, on_wait)
+            _sync_one(live, root, options, report, progress, on_wait, synced)
     finally:
         progress.stop()
         live.close()
@@ -149,7 +150,7 @@ def _absorb_migration(report: Report, done: Report, recorder) -> None:
 
 # -- an incremental sync of one source ----------------------------------------------------------
 def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
-              on_wait) -> None:
+              on_wait, synced: set) -> None:
     from ..schema import read_target_columns
     from .commit import apply_plan
 
@@ -164,6 +165,12 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
                            full=options.full, rename_conflicts=options.rename_conflicts,
                            started=started, progress=progress)
         progress.stop()
+        if plan.source is not None and plan.source.source_id in synced:
+            plan.spool.close()
+            raise TargetError(
+                "holds the same store as another SOURCE of this sync (a copy?): fs2sql "
+                "recognises a store by its runs, so the two would overwrite each other. "
+                "Nothing more was changed.", path=root, hint="Sync one copy of each store.")
         live.lock(options.lock_timeout, on_wait)
         try:
             if not _still_current(conn, plan):
@@ -193,6 +200,7 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
             live.unlock()
             plan.spool.close()
         _record(report, plan, outcome, source, live)
+        synced.add(source.source_id)
         return
     raise TargetError(
         f"other syncs of this same store kept committing while this one read it ({MAX_ROUNDS} "

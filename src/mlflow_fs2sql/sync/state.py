@@ -158,12 +158,22 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
                     select(units.c.source_id, func.count()).where(units.c.unit.in_(chunk))
                     .group_by(units.c.source_id)):
                 counts[sid] = counts.get(sid, 0) + n
-        if counts:
-            found = max(counts, key=lambda s: (counts[s], s))
+        # A candidate is this store only if most of what it held is here (a store that grew
+        # still holds its old runs; one that merely shares a copied run does not).
+        # Synced from this very path before and still holding some of it: the same store, even
+        # if most of its runs are gone (mlflow gc).
+        at_path = {r.source_id for r in conn.execute(select(sources.c.source_id).where(
+            (sources.c.host == here()) & (sources.c.path == root)))}
+        for sid in sorted(counts, key=lambda s: (s not in at_path, -counts[s], s)):
+            if sid in at_path or _mostly_here(conn, sid, root):
+                found = sid
+                break
     if found is None:
         row = conn.execute(select(sources.c.source_id).where(
             (sources.c.host == here()) & (sources.c.path == root))).first()
-        if row is None or evidence:  # a different store now lives at this path
+        # Same path and host: the same store unless what it held is gone (a new store lives
+        # there now, e.g. a wiped scratch folder).
+        if row is None or not _mostly_here(conn, row.source_id, root):
             return None
         found = row.source_id
     row = conn.execute(sources.select().where(sources.c.source_id == found)).first()
@@ -173,6 +183,28 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
     if (row.host, row.path) != (here(), root):
         src.moved_from = f"{row.host}:{row.path}"
     return src
+
+
+def _mostly_here(conn, source_id: str, root: str, sample: int = 64) -> bool:
+    """At least half of (a sample of) the source's runs are in the store at ``root``, at the
+    same place relative to it."""
+    import os
+
+    from sqlalchemy import select
+
+    units = table("fs2sql_units")
+    paths = [r.path for r in conn.execute(
+        select(units.c.path).where((units.c.source_id == source_id)
+                                   & units.c.unit.like("run:%"))
+        .order_by(units.c.unit).limit(sample))]
+    if not paths:
+        return True
+    def present(path: str) -> bool:  # its experiment may have moved to or from .trash
+        bare = path[len(".trash/"):] if path.startswith(".trash/") else path
+        return any(os.path.isdir(os.path.join(root, p)) for p in (bare, ".trash/" + bare))
+
+    here = sum(map(present, paths))
+    return 2 * here > len(paths)
 
 
 def generation(conn, source_id: str) -> Optional[int]:

@@ -165,7 +165,7 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
         at_path = {r.source_id for r in conn.execute(select(sources.c.source_id).where(
             (sources.c.host == here()) & (sources.c.path == root)))}
         for sid in sorted(counts, key=lambda s: (s not in at_path, -counts[s], s)):
-            if sid in at_path or _mostly_here(conn, sid, root):
+            if sid in at_path or _mostly_here(conn, sid, root, by_experiments=False):
                 found = sid
                 break
     if found is None:
@@ -173,7 +173,7 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
             (sources.c.host == here()) & (sources.c.path == root))).first()
         # Same path and host: the same store unless what it held is gone (a new store lives
         # there now, e.g. a wiped scratch folder).
-        if row is None or not _mostly_here(conn, row.source_id, root):
+        if row is None or not _mostly_here(conn, row.source_id, root, by_experiments=True):
             return None
         found = row.source_id
     row = conn.execute(sources.select().where(sources.c.source_id == found)).first()
@@ -185,9 +185,11 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
     return src
 
 
-def _mostly_here(conn, source_id: str, root: str, sample: int = 64) -> bool:
-    """At least half of (a sample of) the source's runs are in the store at ``root``, at the
-    same place relative to it."""
+def _mostly_here(conn, source_id: str, root: str, sample: int = 64,
+                 by_experiments: bool = False) -> bool:
+    """Most of (a sample of) the source's runs are in the store at ``root``, at the same place
+    relative to it -- or, ``by_experiments`` (the same path as last time), its experiments are,
+    when its runs are gone (mlflow gc of every run)."""
     import os
 
     from sqlalchemy import select
@@ -204,7 +206,15 @@ def _mostly_here(conn, source_id: str, root: str, sample: int = 64) -> bool:
         return any(os.path.isdir(os.path.join(root, p)) for p in (bare, ".trash/" + bare))
 
     here = sum(map(present, paths))
-    return 2 * here > len(paths)
+    if 2 * here > len(paths):
+        return True
+    if not by_experiments:
+        return False
+    ids = [r.unit.split(":", 1)[1] for r in conn.execute(
+        select(units.c.unit).where((units.c.source_id == source_id)
+                                   & units.c.unit.like("experiment:%")).limit(sample))]
+    ids = [i for i in ids if i != "0"]
+    return bool(ids) and all(present(i) for i in ids)
 
 
 def generation(conn, source_id: str) -> Optional[int]:

@@ -190,13 +190,9 @@ class Renumbering:
 
 def install(mapping: Dict[int, int]) -> Callable[[], None]:
     """From now on rows (writer, size check, verify) follow ``mapping``; returns the undo."""
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = Renumbering(mapping) if mapping else None
-
-    def restore() -> None:
-        _rows.ROW_TRANSFORM = previous
-
-    return restore
+    if not mapping:
+        return lambda: None
+    return _rows.add_transform(Renumbering(mapping))
 
 
 @contextmanager

@@ -200,6 +200,9 @@ def test_a_rerun_copies_only_what_is_missing_or_different(tmp_path):
     third = Copier(options).run([unit])
     assert (third.copied_files, third.present_files) == (1, 1)
     assert (tmp_path / "dest/u/sub/b.txt").read_text() == "b" * 20
+    (tmp_path / "dest/u/a.txt").write_text("x" * 10)  # same size: the mtime tells (a folder)
+    assert Copier(options).run([unit]).copied_files == 1
+    assert (tmp_path / "dest/u/a.txt").read_text() == "a" * 10
 
 
 # -- errors, dry run, missing files ----------------------------------------------------------------

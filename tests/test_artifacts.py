@@ -304,3 +304,13 @@ def test_kill_during_the_copy_publishes_nothing_and_the_rerun_resumes(tmp_path):
     assert copy["present_files"] >= copied - 2  # at most a file in flight is redone
     assert copy["present_files"] + copy["copied_files"] == 4001
     assert tree_hash(store) == before
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--artifact-uris", "direct"], "needs --artifacts-to"),
+    (["--artifacts-to", "d", "--artifact-uris", "both"], "proxied or direct"),
+    (["--artifact-root-map", "/only/old"], "is not OLD=NEW"),
+])
+def test_wrong_artifact_flags_are_usage_errors(tmp_path, flags, words):
+    result = cli_runner().invoke(app, ["migrate", str(tmp_path), str(tmp_path / "o.db"), *flags])
+    assert result.exit_code == 2 and words in result.stderr, result.stderr

@@ -113,15 +113,15 @@ def migrate(
     from .migrate import migrate as run_migrate
 
     source, target = _source_and_target(source, target, example)
+    artifacts = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
+                                  artifact_workers)
 
     def run(progress):
         overwrite = force or _confirm_replace(target)
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
                                  skip_invalid=skip_invalid, mlflow_version=mlflow_version,
                                  experiment_ids=experiment_ids,
-                                 artifacts=_artifact_options(artifacts_to, artifact_uris,
-                                                             artifact_root_map,
-                                                             artifact_workers))
+                                 artifacts=artifacts)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
@@ -149,9 +149,10 @@ def verify(
 
     source, target = _source_and_target(source, target, example)
 
+    options = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
+                                check_files=not no_artifacts)
+
     def run(progress):
-        options = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
-                                    check_files=not no_artifacts)
         return run_verify(source, target, skip_invalid=skip_invalid, progress=progress,
                           artifacts_options=options)
 
@@ -185,18 +186,24 @@ def upgrade_schema(
 
 
 def _artifact_options(to, style, maps, workers=8, check_files=True):
-    """ArtifactOptions from the flags, or None when no artifact flag was given."""
+    """ArtifactOptions from the flags, or None when no artifact flag was given; a wrong
+    combination is a usage error (exit 2)."""
     from .artifacts import ArtifactOptions, parse_root_maps
     from .artifacts.plan import URI_STYLES
 
     if style not in URI_STYLES:
-        raise Fs2sqlError(f"--artifact-uris must be proxied or direct, not {style!r}.")
+        raise typer.BadParameter(f"must be proxied or direct, not {style!r}",
+                                 param_hint="--artifact-uris")
     if not to and not maps:
         if style != "proxied":
-            raise Fs2sqlError("--artifact-uris needs --artifacts-to DEST.")
+            raise typer.BadParameter("needs --artifacts-to DEST", param_hint="--artifact-uris")
         return None
-    return ArtifactOptions(to=to, uris=style, root_maps=parse_root_maps(maps or ()),
-                           workers=workers, check_files=check_files)
+    try:
+        root_maps = parse_root_maps(maps or ())
+    except Fs2sqlError as exc:
+        raise typer.BadParameter(exc.paragraph(), param_hint="--artifact-root-map") from None
+    return ArtifactOptions(to=to, uris=style, root_maps=root_maps, workers=workers,
+                           check_files=check_files)
 
 
 def _source_and_target(source, target, example):

@@ -314,3 +314,23 @@ def test_kill_during_the_copy_publishes_nothing_and_the_rerun_resumes(tmp_path):
 def test_wrong_artifact_flags_are_usage_errors(tmp_path, flags, words):
     result = cli_runner().invoke(app, ["migrate", str(tmp_path), str(tmp_path / "o.db"), *flags])
     assert result.exit_code == 2 and words in result.stderr, result.stderr
+
+
+def test_the_progress_bar_counts_bytes_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from mlflow_fs2sql.report import RichProgress
+
+    out = io.StringIO()
+    bar = RichProgress(Console(file=out, force_terminal=True, width=100))
+    bar.start("Migrating runs", 3)
+    bar.advance()
+    bar.start("Copying artifacts", 5_000_000, unit="bytes")
+    bar.advance(2_500_000)
+    bar._progress.refresh()
+    assert "2.5/5.0 MB" in out.getvalue()
+    bar.start("Verifying runs", 3)  # back to counts
+    bar.advance()
+    bar.stop()

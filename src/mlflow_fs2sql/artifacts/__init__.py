@@ -139,8 +139,8 @@ class ArtifactStep:
         kept_local = s.kept.get("file", 0)
         if kept_local and self.options.active:
             report.notes.append(
-                f"{kept_local} local artifact URIs matched no --artifact-root-map and were "
-                "left as they are.")
+                f"{kept_local} local artifact URIs were left as they are: they name no run's "
+                "or logged model's artifacts in this store and match no --artifact-root-map.")
 
 
 def _quoted(text: str) -> str:

@@ -216,7 +216,8 @@ def record(report, plan: IdPlan) -> None:
             "experiment_id columns (--experiment-ids renumber; source ID → database ID): "
             + "; ".join(plan.describe())
             + f". Each keeps its source ID in the experiment tag {SOURCE_ID_TAG}; run, trace "
-            "and model IDs and artifact URIs are unchanged.")
+            "and model IDs are unchanged, and so are artifact URIs unless --artifacts-to "
+            "rewrites them.")
     if plan.policy == "widen":
         report.warnings.append(
             "Experiment IDs are kept exactly in BIGINT columns (--experiment-ids widen). "

@@ -492,6 +492,9 @@ class _Store:
     def __init__(self, root):
         self.root = root
         self.n = 0
+        # Runs a sync saw deleted: only they may be gc'ed. A run removed before any sync saw
+        # it deleted stays in the database (a store that lost files; test_gc_removes_...).
+        self.synced_deleted = set()
         write_files(root, {"0/meta.yaml": experiment_meta("0", "Default"),
                            "1/meta.yaml": experiment_meta("1", "one")})
         old(root)
@@ -561,7 +564,7 @@ class _Store:
             self.write(run / "meta.yaml", yaml.safe_dump(data))
         elif op == "gc":
             data = yaml.safe_load((run / "meta.yaml").read_text())
-            if data["lifecycle_stage"] == "deleted":
+            if data["lifecycle_stage"] == "deleted" and run.name in self.synced_deleted:
                 shutil.rmtree(run)
         elif op == "rename_exp":
             d = self.exp_dir(str(1 + j % 3))
@@ -595,6 +598,8 @@ class _Store:
                               ("%032x" % (0xE000 + i),)))
         elif op == "sync":
             run_sync(self.root, target=db)
+            self.synced_deleted = {r.name for r in self.runs() if yaml.safe_load(
+                (r / "meta.yaml").read_text())["lifecycle_stage"] == "deleted"}
 
 
 def test_any_edits_and_syncs_end_equal_to_one_migration_plus_what_the_server_wrote(tmp_path):

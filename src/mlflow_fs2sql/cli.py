@@ -56,6 +56,20 @@ JsonOpt = Annotated[Optional[str], typer.Option(
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no report "
                                         "table; errors still go to stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")]
+ArtifactsToOpt = Annotated[Optional[str], typer.Option(
+    "--artifacts-to", metavar="DEST",
+    help="Copy every artifact (runs, logged models, traces) into DEST, a folder or any URI "
+    "MLflow's artifact repositories take (s3://, gs://, ...), in the layout 'mlflow server "
+    "--artifacts-destination DEST' serves, and rewrite every artifact URI to match.")]
+ArtifactUrisOpt = Annotated[str, typer.Option(
+    "--artifact-uris", metavar="proxied|direct",
+    help="With --artifacts-to: proxied (default) writes mlflow-artifacts:/<experiment>/... "
+    "URIs the server resolves; direct writes DEST/<experiment>/... URIs clients open "
+    "themselves.")]
+RootMapOpt = Annotated[Optional[List[str]], typer.Option(
+    "--artifact-root-map", metavar="OLD=NEW",
+    help="Only rewrite: artifact URIs at or below OLD (any spelling: file://, plain, Windows, "
+    "WSL, relative, %-escaped) point below NEW. For files you moved yourself. Repeatable.")]
 SkipOpt = Annotated[bool, typer.Option(
     "--skip-invalid", help="Skip invalid entities (and what depends on them) instead of stopping;"
     " the report lists each one. Exit code 4 when anything was skipped.")]
@@ -83,6 +97,12 @@ def migrate(
         "order for those that do not fit (old ID kept as tag fs2sql.source_experiment_id). "
         "widen (PostgreSQL): exact IDs in BIGINT columns; upgrade later with fs2sql "
         "upgrade-schema.")] = "keep",
+    artifacts_to: ArtifactsToOpt = None,
+    artifact_uris: ArtifactUrisOpt = "proxied",
+    artifact_root_map: RootMapOpt = None,
+    artifact_workers: Annotated[int, typer.Option(
+        "--artifact-workers", metavar="N", min=1, max=64,
+        help="Files copied at the same time (default 8).")] = 8,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -93,12 +113,15 @@ def migrate(
     from .migrate import migrate as run_migrate
 
     source, target = _source_and_target(source, target, example)
+    artifacts = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
+                                  artifact_workers)
 
     def run(progress):
         overwrite = force or _confirm_replace(target)
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
                                  skip_invalid=skip_invalid, mlflow_version=mlflow_version,
-                                 experiment_ids=experiment_ids)
+                                 experiment_ids=experiment_ids,
+                                 artifacts=artifacts)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
@@ -114,12 +137,19 @@ def verify(
     strict: Annotated[bool, typer.Option(
         "--strict", help="(a database fs2sql sync keeps) also fail on what the server changed "
         "in synced entities since the last sync, instead of listing it.")] = False,
+    artifacts_to: ArtifactsToOpt = None,
+    artifact_uris: ArtifactUrisOpt = "proxied",
+    artifact_root_map: RootMapOpt = None,
+    no_artifacts: Annotated[bool, typer.Option(
+        "--no-artifacts", help="With --artifacts-to/--artifact-root-map: check the rewritten "
+        "URIs only, not the files behind them.")] = False,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     json_file: JsonOpt = None,
 ) -> None:
-    """Compare SOURCE with TARGET field by field; exit 3 if anything differs."""
+    """Compare SOURCE with TARGET field by field; exit 3 if anything differs. Give the
+    --artifacts-to/--artifact-root-map of the migration: then the files are compared too."""
     from .migrate import verify as run_verify
 
     paths = list(paths or [])
@@ -128,9 +158,14 @@ def verify(
     else:
         source, target = _source_and_target(*(paths + [None, None])[:2], example)
 
-    _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
-                                     progress=progress, strict=strict),
-         quiet=quiet, verbose=verbose, json_file=json_file)
+    options = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
+                                check_files=not no_artifacts)
+
+    def run(progress):
+        return run_verify(source, target, skip_invalid=skip_invalid, progress=progress,
+                          artifacts_options=options, strict=strict)
+
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
 
 
 @app.command()
@@ -209,6 +244,27 @@ def upgrade_schema(
         return None
 
     _run(run, quiet=True, verbose=verbose, json_file=None)
+
+
+def _artifact_options(to, style, maps, workers=8, check_files=True):
+    """ArtifactOptions from the flags, or None when no artifact flag was given; a wrong
+    combination is a usage error (exit 2)."""
+    from .artifacts import ArtifactOptions, parse_root_maps
+    from .artifacts.plan import URI_STYLES
+
+    if style not in URI_STYLES:
+        raise typer.BadParameter(f"must be proxied or direct, not {style!r}",
+                                 param_hint="--artifact-uris")
+    if not to and not maps:
+        if style != "proxied":
+            raise typer.BadParameter("needs --artifacts-to DEST", param_hint="--artifact-uris")
+        return None
+    try:
+        root_maps = parse_root_maps(maps or ())
+    except Fs2sqlError as exc:
+        raise typer.BadParameter(exc.paragraph(), param_hint="--artifact-root-map") from None
+    return ArtifactOptions(to=to, uris=style, root_maps=root_maps, workers=workers,
+                           check_files=check_files)
 
 
 def _source_and_target(source, target, example):

@@ -190,13 +190,9 @@ class Renumbering:
 
 def install(mapping: Dict[int, int]) -> Callable[[], None]:
     """From now on rows (writer, size check, verify) follow ``mapping``; returns the undo."""
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = Renumbering(mapping) if mapping else None
-
-    def restore() -> None:
-        _rows.ROW_TRANSFORM = previous
-
-    return restore
+    if not mapping:
+        return lambda: None
+    return _rows.add_transform(Renumbering(mapping))
 
 
 @contextmanager
@@ -220,7 +216,8 @@ def record(report, plan: IdPlan) -> None:
             "experiment_id columns (--experiment-ids renumber; source ID → database ID): "
             + "; ".join(plan.describe())
             + f". Each keeps its source ID in the experiment tag {SOURCE_ID_TAG}; run, trace "
-            "and model IDs and artifact URIs are unchanged.")
+            "and model IDs are unchanged, and so are artifact URIs unless --artifacts-to "
+            "rewrites them.")
     if plan.policy == "widen":
         report.warnings.append(
             "Experiment IDs are kept exactly in BIGINT columns (--experiment-ids widen). "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import (
+    artifacts,
     ids,
     kinds,  # noqa: F401  (registers every entity kind)
 )
@@ -39,6 +40,7 @@ class MigrateOptions:
     rename_conflicts: bool = False  # a deleted experiment named like another: renamed, kept
     # ``sync``'s first run into an empty target (sync/first.py): records the sync state
     recorder: Optional[object] = None
+    artifacts: Optional[object] = None  # artifacts.ArtifactOptions: copy + rewrite URIs
 
 
 def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
@@ -60,7 +62,11 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         tgt.prepare()  # server down, wrong password, data already there: refused first
     id_plan = ids.plan(root, options.experiment_ids, tgt)  # may refuse: nothing written yet
     ids.record(report, id_plan)
+    step = artifacts.step_for(options.artifacts, root)
+    if step is not None and not options.dry_run:
+        step.check_destination()  # SDK, bucket, DEST inside the store: refused first
     restore_rows = ids.install(id_plan.mapping)
+    restore_uris = step.install() if step is not None else (lambda: None)  # after the IDs
     try:
         if options.dry_run:  # check sizes against the same (cached) schema, write nothing
             conn, columns, info = None, *cached_schema_columns(revision)
@@ -92,14 +98,20 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
                 report.found[table] = report.found.get(table, 0) + len(table_rows)
             if writer is not None:
                 writer.add(rows)
+            if step is not None:
+                step.observe(entity)
             if isinstance(entity, Run):
                 progress.advance()
         _record_walk(report, walk)
         _refuse_unsupported(columns, report)
         if writer is None:
+            if step is not None:
+                step.record(report)
             return _finish(report, started, progress)
         writer.flush()
         report.written = dict(writer.written)
+        if step is not None:  # every file in place before the database is published
+            step.copy(progress)
 
         def verify_before_publish() -> None:
             if not options.verify:
@@ -110,6 +122,9 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
 
             verifier = verify_walk(check, conn, columns, progress)
             _record_verify(report, verifier)
+            if step is not None and options.artifacts.check_files:
+                step.check(progress)
+                step.record(report)
             if not report.ok:
                 raise VerificationFailed(
                     f"verification found {report.mismatch_count} differences between the store "
@@ -122,19 +137,28 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         tgt.publish(before=verify_before_publish)
         report.start_command = tgt.start_command()
         report.start_requires = tgt.start_requires()
+        if step is not None:
+            if report.artifacts is None:  # else recorded by --verify
+                step.record(report)
+            report.start_command += step.server_flags()
     except BaseException:
         progress.stop()
         tgt.abort()
         raise
     finally:
+        restore_uris()
         restore_rows()
     return _finish(report, started, progress)
 
 
 def verify(source, target: str, *, skip_invalid: bool = False,
-           progress: Progress = NULL_PROGRESS, strict: bool = False) -> Report:
+           progress: Progress = NULL_PROGRESS, strict: bool = False,
+           artifacts_options=None) -> Report:
     """Compare the store at ``source`` (or, for a database ``sync`` keeps, each store of a
-    list) with the database ``target``; never writes."""
+    list) with the database ``target``; never writes.
+
+    ``artifacts_options`` (``artifacts.ArtifactOptions``): the URIs are expected as that
+    migration rewrote them, and (unless ``check_files`` is off) every file at its new place."""
     from .schema import read_target_columns
     from .targets import connect_for_reading, open_for_reading
     from .verify import verify_walk
@@ -163,11 +187,21 @@ def verify(source, target: str, *, skip_invalid: bool = False,
             ids.record(report, id_plan)
             walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)
             progress.start("Verifying runs", walk.count_runs())
+            step = artifacts.step_for(artifacts_options, root)
             with ids.applied(id_plan.mapping):
-                verifier = verify_walk(walk, conn, columns, progress)
+                undo = step.install() if step is not None else (lambda: None)
+                try:
+                    verifier = verify_walk(walk, conn, columns, progress,
+                                           observe=step.observe if step else None)
+                finally:
+                    undo()
             _record_walk(report, walk)
             report.found = dict(verifier.expected_total)
             _record_verify(report, verifier)
+            if step is not None:
+                if artifacts_options.check_files:
+                    step.check(progress)
+                step.record(report)
     finally:
         engine.dispose()
     return _finish(report, started, progress)

@@ -59,6 +59,7 @@ class Report:
     sources: List[dict] = field(default_factory=list)
     # verify of a synced database: differences the sync state explains, by what explains them
     listed: Dict[str, List[str]] = field(default_factory=dict)
+    artifacts: Optional[Dict[str, object]] = None  # --artifacts-to / --artifact-root-map
 
     @property
     def ok(self) -> bool:
@@ -121,6 +122,7 @@ class Report:
             **({} if self.changes is None else {
                 "changed_rows": self.changed, "conflicts": self.conflicts,
                 "sources": self.sources}),
+            "artifacts": self.artifacts,
         }
 
     def _changes_of(self, table: str) -> dict:
@@ -170,6 +172,11 @@ def render(report: Report, console) -> None:
                       "upgrade`; for an older MLflow, migrate again with --mlflow-version X.Y",
                       markup=False, soft_wrap=True)
     console.print(f"Elapsed: {report.elapsed_s:.2f} s{rate}")
+    if report.artifacts:
+        from .artifacts.report import artifact_lines
+
+        for line in artifact_lines(report.artifacts, report.dry_run):
+            console.print(line, markup=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"Note: {note}", markup=False, soft_wrap=True)
     for kind, paths in sorted(report.not_migrated.items()):
@@ -263,14 +270,16 @@ class RichProgress(Progress):
     """A transient Rich bar on stderr; off the terminal it draws nothing."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as _P
-
-        self._progress = _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
+        self._console = console
+        self._progress = _bar(console, "")
+        self._unit = ""
         self._task = None
 
-    def start(self, description: str, total: int) -> None:
+    def start(self, description: str, total: int, unit: str = "") -> None:
+        if unit == "bytes" or self._unit == "bytes":  # another bar: sizes and speed
+            self.stop()
+            self._progress = _bar(self._console, unit)
+        self._unit = unit
         if self._task is None:
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
@@ -285,3 +294,20 @@ class RichProgress(Progress):
         if self._task is not None:
             self._progress.stop()
             self._task = None
+
+
+def _bar(console, unit: str):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as _P
+
+    counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else \
+        (MofNCompleteColumn(),)
+    return _P(TextColumn("{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
+              console=console, transient=True)

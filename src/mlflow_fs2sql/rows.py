@@ -82,8 +82,43 @@ Rows = Dict[str, Sequence[tuple]]
 
 # An optional rewrite of every entity's rows: fn(entity, rows) -> rows. ``ids.applied`` installs
 # one for ``--experiment-ids renumber`` (new experiment IDs); the writer, the size check and
-# ``verify`` all see the rewritten rows, and ``owner_value`` the rewritten owner keys.
+# ``verify`` all see the rewritten rows, and ``owner_value`` the rewritten owner keys. Several
+# transforms chain in the order they were added (``add_transform``): renumbering, then
+# artifact URIs (``artifacts.UriRewriter``), which reads the new IDs from the rows.
 ROW_TRANSFORM: Optional[Callable[[object, "Rows"], "Rows"]] = None
+
+
+class TransformChain:
+    """Transforms applied one after the other; ``owner`` maps a key through each of them."""
+
+    def __init__(self, *transforms):
+        self.transforms = transforms
+
+    def __call__(self, entity, rows: "Rows") -> "Rows":
+        for transform in self.transforms:
+            rows = transform(entity, rows)
+        return rows
+
+    def owner(self, column: str, value):
+        for transform in self.transforms:
+            value = transform.owner(column, value)
+        return value
+
+
+def add_transform(transform) -> Callable[[], None]:
+    """Apply ``transform`` (``fn(entity, rows) -> rows`` with an ``owner(column, value)``
+    method) after the ones installed already; returns the undo (call undos in reverse order)."""
+    global ROW_TRANSFORM, _LAST
+    previous = ROW_TRANSFORM
+    ROW_TRANSFORM = transform if previous is None else TransformChain(previous, transform)
+    _LAST = (None, {})
+
+    def restore() -> None:
+        global ROW_TRANSFORM, _LAST
+        ROW_TRANSFORM = previous
+        _LAST = (None, {})
+
+    return restore
 
 
 def owner_value(entity, column: str):

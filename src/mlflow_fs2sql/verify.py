@@ -163,13 +163,16 @@ class Verifier:
 
 
 def verify_walk(walk: Walk, conn, columns: TargetColumns,
-                progress: Progress = NULL_PROGRESS) -> Verifier:
+                progress: Progress = NULL_PROGRESS, observe=None) -> Verifier:
+    """``observe(entity)``: also called for every entity (e.g. to plan the artifact check)."""
     from .model import Experiment, Run
 
     verifier = Verifier(conn, columns)
     source_has_default = False
     for entity in walk:
         verifier.check_entity(entity)
+        if observe is not None:
+            observe(entity)
         if isinstance(entity, Run):
             progress.advance()
         elif isinstance(entity, Experiment) and entity.experiment_id == 0:

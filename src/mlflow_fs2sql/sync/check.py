@@ -79,11 +79,10 @@ def check_source(conn, columns, root: str, findings: Findings, started: float,
     units = state.load_units(conn, source.source_id)
     mapped = state.load_experiments(conn, source.source_id)
     tables = Tables(columns)
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = SyncTransform(
+    undo = _rows.add_transform(SyncTransform(
         {x: m.experiment_id for x, m in mapped.items()},
         {x for x, m in mapped.items() if m.owner},
-        {x: m.name for x, m in mapped.items() if m.name}, source.source_id)
+        {x: m.name for x, m in mapped.items() if m.name}, source.source_id))
     seen = set()
     try:
         walk = Walk(root, skip_invalid=True, check=columns.check)
@@ -98,7 +97,7 @@ def check_source(conn, columns, root: str, findings: Findings, started: float,
                 batch = []
         _check_batch(conn, tables, units, source, batch, findings, started)
     finally:
-        _rows.ROW_TRANSFORM = previous
+        undo()
     for skipped in walk.skipped:
         findings.list("skipped in the source (invalid)",
                       f"{skipped.kind} {skipped.entity_id}: {skipped.path}: {skipped.reason}")

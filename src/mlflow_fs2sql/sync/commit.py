@@ -74,8 +74,7 @@ def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
                               {x for x, m in mapped.items() if m.owner},
                               {x: m.name for x, m in mapped.items() if m.name},
                               source.source_id)
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = transform
+    undo = _rows.add_transform(transform)
     writes = state.UnitWrites()
     try:
         batch: List[SpooledUnit] = []
@@ -90,7 +89,7 @@ def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
             _merge_batch(live, tables, plan, source, batch, writes, out, skip_invalid)
         _remove(live, tables, plan, source, mapped, writes, out)
     finally:
-        _rows.ROW_TRANSFORM = previous
+        undo()
     writes.sig_only.update(plan.sig_only)
     state.write_units(conn, source.source_id, writes)
     return out

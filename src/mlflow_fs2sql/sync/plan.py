@@ -144,12 +144,11 @@ def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
     plan = Plan(root, source, units, experiments, Spool(), walk)
     from .experiments import SyncTransform
 
-    previous = _rows.ROW_TRANSFORM
-    _rows.ROW_TRANSFORM = SyncTransform(
+    undo = _rows.add_transform(SyncTransform(
         {x: m.experiment_id for x, m in experiments.items()},
         {x for x, m in experiments.items() if m.owner},
         {x: m.name for x, m in experiments.items() if m.name},
-        source.source_id if source else "")
+        source.source_id if source else ""))
     seen: Set[str] = set()
     try:
         progress.start("Reading changes", walk.count_runs())
@@ -158,7 +157,7 @@ def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
             if isinstance(entity, (Run, Unchanged)) and getattr(entity, "kind", "run") == "run":
                 progress.advance()
     finally:
-        _rows.ROW_TRANSFORM = previous
+        undo()
     for skipped in walk.skipped:  # neither changed nor removed: kept as they are
         if skipped.entity_id == "*":
             prefix = relative(root, skipped.path)

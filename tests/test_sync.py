@@ -626,3 +626,30 @@ def test_any_edits_and_syncs_end_equal_to_one_migration_plus_what_the_server_wro
         assert run_sync(src.root, target=db).changed == 0
 
     check()
+
+
+def test_the_same_dataset_from_two_stores_is_one_dataset(tmp_path):
+    """Stores of one team log the same data set into an experiment of the same name: one
+    dataset row (its derived ID follows the database experiment), and every run's input
+    points at it."""
+    from test_kind_datasets import dataset_yaml, input_yaml, md5
+
+    dbs = []
+    for n, (eid, rid) in enumerate([("1", RID[0]), ("4", RID[1])]):
+        root = tmp_path / f"s{n}" / "mlruns"
+        write_files(root, {
+            "0/meta.yaml": experiment_meta("0", "Default"),
+            f"{eid}/meta.yaml": experiment_meta(eid, "sweep"),
+            f"{eid}/datasets/d{n}/meta.yaml": dataset_yaml("train", "abc123"),
+            f"{eid}/{rid}/meta.yaml": run_meta(rid, eid),
+            f"{eid}/{rid}/inputs/{md5('d', rid)}/meta.yaml": input_yaml(f"d{n}")})
+        old(root)
+        dbs.append(root)
+    db = tmp_path / "t.db"
+    report = run_sync(*dbs, target=db)
+    assert report.conflicts == []
+    assert q(db, "SELECT COUNT(*) FROM datasets") == [(1,)]
+    (uuid,), = q(db, "SELECT dataset_uuid FROM datasets")
+    assert q(db, "SELECT destination_id FROM inputs WHERE source_id = ? ORDER BY 1", uuid) == \
+        [(RID[0],), (RID[1],)]
+    assert verify([str(d) for d in dbs], str(db)).ok

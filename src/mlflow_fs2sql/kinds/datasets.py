@@ -35,7 +35,7 @@ from .. import walk as walk_module
 from ..errors import InvalidSource
 from ..model import Experiment
 from ..parse import field_str, is_junk, read_yaml_mapping
-from ..rows import TableSpec, register_builder, register_tables
+from ..rows import TableSpec, owner_value, register_builder, register_tables
 
 # Fixed namespace of fs2sql's derived IDs (never change it: IDs must be stable across releases).
 FS2SQL_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-5c6d-9e0f-1a2b3c4d5e6f")
@@ -73,7 +73,9 @@ class Dataset:
 
     @property
     def dataset_uuid(self) -> str:
-        return dataset_uuid(self.experiment_id, self.name, self.digest)
+        # From the experiment ID the database holds (renumbered, or joined by sync), so that the
+        # same dataset of one database experiment has one ID whichever store brought it in.
+        return dataset_uuid(owner_value(self, "experiment_id"), self.name, self.digest)
 
     @property
     def identity(self) -> str:
@@ -88,9 +90,16 @@ class DatasetInput:
 
     run_id: str
     input_uuid: str
-    dataset_uuid: str
+    experiment_id: int  # the dataset's: its ID is derived from it (``Dataset.dataset_uuid``)
+    dataset_name: str
+    dataset_digest: str
     tags: Tuple[Tuple[str, str], ...]
     path: str
+
+    @property
+    def dataset_uuid(self) -> str:
+        return dataset_uuid(owner_value(self, "experiment_id"), self.dataset_name,
+                            self.dataset_digest)
 
     @property
     def identity(self) -> str:
@@ -201,7 +210,8 @@ def read_dataset_inputs(walk, run_dir: str, run_id: str,
         inputs.append(DatasetInput(
             run_id=run_id,
             input_uuid=derived_id("input", run_id, os.path.basename(input_dir)),
-            dataset_uuid=dataset.dataset_uuid,
+            experiment_id=dataset.experiment_id, dataset_name=dataset.name,
+            dataset_digest=dataset.digest,
             tags=input_tags(meta, meta_path, run_id),
             path=input_dir))
     return tuple(inputs)

@@ -74,6 +74,10 @@ class TargetError(Fs2sqlError):
     """The target cannot be written (exists, not writable, holds MLflow data, bad URI)."""
 
 
+class TargetBusy(TargetError):
+    """Another fs2sql holds the target's lock right now (nothing was written)."""
+
+
 class SchemaError(Fs2sqlError):
     """The MLflow schema cannot be created or cannot hold what the store contains."""
 

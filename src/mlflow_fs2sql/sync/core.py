@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from .. import kinds  # noqa: F401  (registers every entity kind)
-from ..errors import SchemaError, TargetError
+from ..errors import SchemaError, TargetBusy, TargetError
 from ..progress import NULL_PROGRESS, Progress
 from ..report import Report
 from ..walk import locate_store
@@ -100,26 +100,27 @@ def _create(live, root: str, target: str, options: SyncOptions, report: Report, 
     if not server:  # the migration does not lock an SQLite file that does not exist yet
         live.lock(options.lock_timeout, on_wait)
     try:
-        if not server and live.exists():
-            return False
-        recorder = Recorder(root, time.time())
-        mopts = MigrateOptions(
-            verify=options.verify, dry_run=options.dry_run, skip_invalid=options.skip_invalid,
-            overwrite=not server and os.path.exists(live.path),  # an empty file
-            mlflow_version=options.mlflow_version,
-            experiment_ids=options.experiment_ids or "keep",
-            rename_conflicts=options.rename_conflicts, recorder=recorder)
-        try:
-            done = migrate(root, target, mopts, progress)
-        except TargetError:
-            if not server:
-                raise
-            # Another sync is creating it (its migration holds the lock): wait, then join in.
-            live.lock(options.lock_timeout, on_wait)
-            live.unlock()
+        for attempt in range(MAX_ROUNDS + 2):
             if live.exists():
                 return False
-            raise
+            recorder = Recorder(root, time.time())
+            mopts = MigrateOptions(
+                verify=options.verify, dry_run=options.dry_run,
+                skip_invalid=options.skip_invalid,
+                overwrite=not server and os.path.exists(live.path),  # an empty file
+                mlflow_version=options.mlflow_version,
+                experiment_ids=options.experiment_ids or "keep",
+                rename_conflicts=options.rename_conflicts, recorder=recorder)
+            try:
+                done = migrate(root, target, mopts, progress)
+                break
+            except TargetBusy:
+                if not server or attempt == MAX_ROUNDS + 1:
+                    raise
+                # Another sync is creating it (its migration holds the lock): wait for it,
+                # then sync into what it made (or, if it failed, try to create it again).
+                live.lock(options.lock_timeout, on_wait)
+                live.unlock()
     finally:
         if not server:
             live.unlock()

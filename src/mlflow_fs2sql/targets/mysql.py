@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Iterator, List, Optional, Sequence
 
-from ..errors import TargetError
+from ..errors import TargetBusy, TargetError
 from ..schema import mlflow_skinny_version
 from .server import (
     ServerTarget,
@@ -138,7 +138,7 @@ class MysqlTarget(ServerTarget):
         self.admin = self._connect(self._admin_engine)
         try:
             if not self._lock(self.admin):
-                raise TargetError(
+                raise TargetBusy(
                     "another fs2sql is writing into this database right now. Nothing was "
                     "written.", path=self.display,
                     hint="Wait for it to finish (or stop it), then run again.")

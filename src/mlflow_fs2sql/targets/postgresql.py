@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Callable, List, Optional, Sequence
 
-from ..errors import TargetError
+from ..errors import TargetBusy, TargetError
 from ..schema import mlflow_skinny_version
 from .server import (
     ServerTarget,
@@ -106,7 +106,7 @@ class PostgresTarget(ServerTarget):
         self.conn = self._connect(self._engine)
         try:
             if not self.conn.exec_driver_sql(_LOCK_SQL).scalar():
-                raise TargetError(
+                raise TargetBusy(
                     "another fs2sql is writing into this database right now. Nothing was "
                     "written.", path=self.display,
                     hint="Wait for it to finish (or stop it), then run again.")
@@ -316,7 +316,7 @@ def upgrade_widened_schema(target: str, revision: Optional[str] = None) -> tuple
         conn = t._connect(engine)
         try:
             if not conn.exec_driver_sql(_LOCK_SQL).scalar():
-                raise TargetError("another fs2sql is writing into this database right now.",
+                raise TargetBusy("another fs2sql is writing into this database right now.",
                                   path=t.display, hint="Wait for it to finish, then run again.")
             tables = set(conn.exec_driver_sql(
                 "SELECT table_name FROM information_schema.tables "

@@ -57,8 +57,9 @@ def run_ids(root: Path):
 def all_at_once(stores, target, *extra):
     procs = [fs2sql("sync", str(s), target, "--mlflow-version", SERVER_MLFLOW, "-q", "--json",
                     "-", *extra) for s in stores]
-    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
-    for code, out, err in results:
+    outputs = [p.communicate(timeout=600) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+    for code, _out, err in results:
         assert code == 0, err
         assert "--force" not in err
     return [json.loads(out) for _, out, _ in results]

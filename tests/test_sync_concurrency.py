@@ -206,5 +206,5 @@ def test_a_store_moved_to_another_path_is_synced_as_the_same_source(tmp_path, pg
     runs = next(k for k in report["kinds"] if k["table"] == "runs")
     assert runs["inserted"] == 1  # only the new run; nothing twice
     assert pg.query(target, "SELECT COUNT(*) FROM fs2sql_sources") == [(1,)]
-    assert pg.query(target, "SELECT COUNT(*) FROM experiments WHERE name LIKE 'node-0%'") == \
+    assert pg.query(target, "SELECT COUNT(*) FROM experiments WHERE name = 'node-0'") == \
         [(1,)]

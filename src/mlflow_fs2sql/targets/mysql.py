@@ -287,7 +287,8 @@ class MysqlTarget(ServerTarget):
         self.conn = None
         try:
             if self.admin is not None:
-                self._drop_stage(self.admin)
+                if self._locked:  # never another run's stage: it may be building it now
+                    self._drop_stage(self.admin)
                 if self._locked:
                     self.admin.exec_driver_sql("SELECT RELEASE_LOCK(%s)",
                                                (f"fs2sql:{self.database}",))

@@ -216,9 +216,7 @@ def _check_schema(conn, columns, live) -> str:
             path=live.display,
             hint="Give the database MLflow's server uses, or a new path to create one.")
     revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-    from ..targets.server import _known_revision
-
-    if not revision or not _known_revision(revision):
+    if not revision or revision not in _shipped_revisions():
         raise SchemaError(
             f"the database's MLflow schema is at revision {revision!r}, which fs2sql's "
             "mlflow-skinny does not know (the server ran 'mlflow db upgrade' with a newer "
@@ -226,6 +224,22 @@ def _check_schema(conn, columns, live) -> str:
             hint="Give fs2sql the MLflow the server runs: pipx inject fs2sql "
             "'mlflow-skinny==<the server's version>'.")
     return revision
+
+
+def _shipped_revisions() -> set:
+    """The Alembic revisions the installed mlflow-skinny ships, from its migration scripts'
+    file names (importing MLflow to ask Alembic costs seconds; a sync may have nothing to do)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    folder = os.path.join(spec.submodule_search_locations[0], "store", "db_migrations",
+                          "versions")
+    try:
+        return {name.split("_", 1)[0] for name in os.listdir(folder) if name.endswith(".py")}
+    except OSError:
+        return set()
 
 
 def _still_current(conn, plan) -> bool:

@@ -100,12 +100,8 @@ def add_runs(store: Path, fraction: float, seed: int = 7) -> int:
         shutil.copytree(run, new)
         meta = (new / "meta.yaml").read_text().replace(run.name, rid)
         (new / "meta.yaml").write_text(meta)
-    old = time.time() - 30
-    for run in store.glob("[0-9]*/*"):
-        if run.is_dir():
-            for dirpath, _, files in os.walk(run):
-                for f in files:
-                    os.utime(os.path.join(dirpath, f), (old, old))
+        old = time.time() - 30  # written a while before the sync, as an hourly cron sees it
+        os.utime(new / "meta.yaml", (old, old))
     return len(chosen)
 
 

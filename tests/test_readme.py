@@ -49,7 +49,7 @@ def test_every_documented_flag_exists():
     assert {"--verify", "--dry-run", "--force", "--skip-invalid", "--json"} <= flags
     helps = "".join(subprocess.run([sys.executable, "-m", "mlflow_fs2sql", *cmd, "--help"],
                                    capture_output=True, text=True).stdout
-                    for cmd in (["migrate"], ["verify"], []))
+                    for cmd in (["migrate"], ["verify"], ["sync"], []))
     assert sorted(f for f in flags if f not in helps) == []
 
 

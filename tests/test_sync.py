@@ -653,3 +653,38 @@ def test_the_same_dataset_from_two_stores_is_one_dataset(tmp_path):
     assert q(db, "SELECT destination_id FROM inputs WHERE source_id = ? ORDER BY 1", uuid) == \
         [(RID[0],), (RID[1],)]
     assert verify([str(d) for d in dbs], str(db)).ok
+
+
+def test_sync_copies_the_artifacts_of_new_and_changed_runs_and_rewrites_their_uris(tmp_path):
+    from test_artifacts import BIG, RUN, artifact_store
+
+    from mlflow_fs2sql.artifacts import ArtifactOptions
+
+    src = artifact_store(tmp_path / "mlruns", n_runs=2)
+    old(src)
+    dest = tmp_path / "served"
+    db = tmp_path / "t.db"
+    options = ArtifactOptions(to=str(dest))
+    first = sync([str(src)], str(db), SyncOptions(artifacts=options))
+    assert first.ok and (dest / BIG / RUN / "artifacts" / "d0" / "f 0.txt").is_file()
+    assert q(db, "SELECT artifact_uri FROM runs WHERE run_uuid=?", RUN) == \
+        [(f"mlflow-artifacts:/{BIG}/{RUN}/artifacts",)]
+    assert "--artifacts-destination" in first.start_command
+    # a new run with files, and a changed one: only theirs are copied
+    rid = "c" * 32
+    write_files(src, {f"{BIG}/{rid}/meta.yaml": run_meta(rid, BIG),
+                      f"{BIG}/{rid}/artifacts/model.pkl": b"\x00\x01" * 50})
+    old(src / BIG / rid)
+    report = sync([str(src)], str(db), SyncOptions(artifacts=options))
+    assert report.ok, report.mismatches
+    assert (dest / BIG / rid / "artifacts" / "model.pkl").read_bytes() == b"\x00\x01" * 50
+    assert report.artifacts["copy"]["copied_files"] == 1
+    assert q(db, "SELECT artifact_uri FROM runs WHERE run_uuid=?", rid) == \
+        [(f"mlflow-artifacts:/{BIG}/{rid}/artifacts",)]
+    # later syncs and verify apply the options the database was synced with, given or not
+    assert sync([str(src)], str(db), SyncOptions()).changed == 0
+    checked = verify(str(src), str(db))
+    assert checked.ok and not checked.listed, (checked.mismatches, checked.listed)
+    assert checked.artifacts["check"]["files"] >= 7
+    (dest / BIG / rid / "artifacts" / "model.pkl").write_bytes(b"\x00\x02" * 50)
+    assert not verify(str(src), str(db)).ok

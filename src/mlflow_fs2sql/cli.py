@@ -66,6 +66,9 @@ ArtifactUrisOpt = Annotated[str, typer.Option(
     help="With --artifacts-to: proxied (default) writes mlflow-artifacts:/<experiment>/... "
     "URIs the server resolves; direct writes DEST/<experiment>/... URIs clients open "
     "themselves.")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--artifact-workers", metavar="N", min=1, max=64,
+    help="Files copied at the same time (default 8).")]
 RootMapOpt = Annotated[Optional[List[str]], typer.Option(
     "--artifact-root-map", metavar="OLD=NEW",
     help="Only rewrite: artifact URIs at or below OLD (any spelling: file://, plain, Windows, "
@@ -100,9 +103,7 @@ def migrate(
     artifacts_to: ArtifactsToOpt = None,
     artifact_uris: ArtifactUrisOpt = "proxied",
     artifact_root_map: RootMapOpt = None,
-    artifact_workers: Annotated[int, typer.Option(
-        "--artifact-workers", metavar="N", min=1, max=64,
-        help="Files copied at the same time (default 8).")] = 8,
+    artifact_workers: WorkersOpt = 8,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -193,6 +194,10 @@ def sync(
         help="How long to wait for another sync of the same database (then exit 5).")] = 900.0,
     full: Annotated[bool, typer.Option(
         "--full", help="Read every file again instead of trusting size and mtime.")] = False,
+    artifacts_to: ArtifactsToOpt = None,
+    artifact_uris: ArtifactUrisOpt = "proxied",
+    artifact_root_map: RootMapOpt = None,
+    artifact_workers: WorkersOpt = 8,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     json_file: JsonOpt = None,
@@ -205,6 +210,8 @@ def sync(
         raise typer.BadParameter("give at least one SOURCE and the TARGET",
                                  param_hint="SOURCE... TARGET")
     *sources, target = paths
+    artifacts = _artifact_options(artifacts_to, artifact_uris, artifact_root_map,
+                                  artifact_workers)
 
     def run(progress):
         from rich.console import Console
@@ -213,7 +220,7 @@ def sync(
         options = SyncOptions(verify=verify, dry_run=dry_run, skip_invalid=skip_invalid,
                               mlflow_version=mlflow_version, experiment_ids=experiment_ids,
                               rename_conflicts=rename_conflicts, lock_timeout=lock_timeout,
-                              full=full)
+                              full=full, artifacts=artifacts)
         return run_sync(sources, target, options, progress,
                         on_wait=lambda line: err.print(line, markup=False, soft_wrap=True))
 

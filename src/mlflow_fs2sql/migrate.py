@@ -176,7 +176,8 @@ def verify(source, target: str, *, skip_invalid: bool = False,
             if columns.has_table("fs2sql_units"):  # kept by sync: its state explains changes
                 from .sync.check import verify_synced
 
-                verify_synced(conn, columns, roots, report, progress, strict)
+                verify_synced(conn, columns, roots, report, progress, strict,
+                              artifacts_options)
                 return _finish(report, started, progress)
             if len(roots) > 1:
                 raise SourceError(

@@ -67,7 +67,7 @@ class Findings:
 
 
 def check_source(conn, columns, root: str, findings: Findings, started: float,
-                 source: Optional[state.Source] = None) -> state.Source:
+                 source: Optional[state.Source] = None, artifacts=None) -> state.Source:
     """Compare one store with the database it was synced into."""
     if source is None:
         source = state.identify(conn, root, evidence(root))
@@ -83,6 +83,7 @@ def check_source(conn, columns, root: str, findings: Findings, started: float,
         {x: m.experiment_id for x, m in mapped.items()},
         {x for x, m in mapped.items() if m.owner},
         {x: m.name for x, m in mapped.items() if m.name}, source.source_id))
+    undo_uris = artifacts.install() if artifacts is not None else (lambda: None)
     seen = set()
     try:
         walk = Walk(root, skip_invalid=True, check=columns.check)
@@ -92,11 +93,14 @@ def check_source(conn, columns, root: str, findings: Findings, started: float,
                 continue
             seen.add(key_of(entity))
             batch.append(entity)
+            if artifacts is not None:
+                artifacts.observe(entity)
             if len(batch) >= BATCH:
                 _check_batch(conn, tables, units, source, batch, findings, started)
                 batch = []
         _check_batch(conn, tables, units, source, batch, findings, started)
     finally:
+        undo_uris()
         undo()
     for skipped in walk.skipped:
         findings.list("skipped in the source (invalid)",
@@ -275,28 +279,39 @@ def server_only(conn, columns) -> Dict[str, int]:
     return out
 
 
-def verify_synced(conn, columns, roots, report, progress, strict: bool = False) -> None:
+def verify_synced(conn, columns, roots, report, progress, strict: bool = False,
+                  artifacts_options=None) -> None:
     """``fs2sql verify SOURCE... TARGET`` on a database kept by ``sync``."""
     import time
 
     findings = Findings(strict)
     started = time.time()
+    if artifacts_options is None:
+        artifacts_options = state.load_artifacts(conn)  # as the syncs rewrote the URIs
     for root in roots:
         progress.start(f"Verifying {root}", 0)
-        check_source(conn, columns, root, findings, started)
+        from .. import artifacts
+
+        step = artifacts.step_for(artifacts_options, root)
+        check_source(conn, columns, root, findings, started, artifacts=step)
+        if step is not None:
+            if artifacts_options.check_files:
+                step.check(progress)
+            step.record(report)
     for table, n in server_only(conn, columns).items():
         findings.list("written by the server", f"{n} rows of {table} that no synced store holds")
     apply_findings(report, findings)
 
 
-def verify_source(conn, root, source, report) -> None:
+def verify_source(conn, root, source, report, artifacts=None) -> None:
     """``sync --verify``: the source just synced, inside the sync's transaction."""
     import time
 
     from ..schema import read_target_columns
 
     findings = Findings()
-    check_source(conn, read_target_columns(conn), root, findings, time.time(), source)
+    check_source(conn, read_target_columns(conn), root, findings, time.time(), source,
+                 artifacts)
     apply_findings(report, findings)
     if findings.failure_count:
         from ..errors import VerificationFailed

@@ -47,7 +47,9 @@ class Outcome:
 
 
 def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
-               rename_conflicts: bool, skip_invalid: bool) -> Outcome:
+               rename_conflicts: bool, skip_invalid: bool, artifacts=None) -> Outcome:
+    """``artifacts`` (``artifacts.ArtifactStep``): its URI rewriting applies, and it plans the
+    copy of every changed unit's files (copied by the caller before it commits)."""
     conn = live.conn
     tables = Tables(columns)
     out = Outcome()
@@ -75,6 +77,7 @@ def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
                               {x: m.name for x, m in mapped.items() if m.name},
                               source.source_id)
     undo = _rows.add_transform(transform)
+    undo_uris = artifacts.install() if artifacts is not None else (lambda: None)
     writes = state.UnitWrites()
     try:
         batch: List[SpooledUnit] = []
@@ -83,12 +86,15 @@ def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
                 continue
             batch.append(item)
             if len(batch) >= BATCH_UNITS:
-                _merge_batch(live, tables, plan, source, batch, writes, out, skip_invalid)
+                _merge_batch(live, tables, plan, source, batch, writes, out, skip_invalid,
+                             artifacts)
                 batch = []
         if batch:
-            _merge_batch(live, tables, plan, source, batch, writes, out, skip_invalid)
+            _merge_batch(live, tables, plan, source, batch, writes, out, skip_invalid,
+                         artifacts)
         _remove(live, tables, plan, source, mapped, writes, out)
     finally:
+        undo_uris()
         undo()
     writes.sig_only.update(plan.sig_only)
     state.write_units(conn, source.source_id, writes)
@@ -97,7 +103,7 @@ def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
 
 def _merge_batch(live, tables: Tables, plan: Plan, source: state.Source,
                  batch: List[SpooledUnit], writes: state.UnitWrites, out: Outcome,
-                 skip_invalid: bool) -> None:
+                 skip_invalid: bool, artifacts=None) -> None:
     conn = live.conn
     bases = state.load_bases(conn, source.source_id, [u.key for u in batch if u.key in plan.units])
     fresh = [u.key for u in batch if u.key not in plan.units
@@ -138,6 +144,8 @@ def _merge_batch(live, tables: Tables, plan: Plan, source: state.Source,
                 raise exc
             out.skipped.append((kind, exc.entity_id, exc.path, exc.what))
             continue
+        if artifacts is not None:
+            artifacts.observe(unit.entity)
         source_wins = not base and kind in UNIQUE_KINDS and unit.key not in elsewhere
         for table in sorted(set(projected) | set(base), key=_order):
             if table in APPEND_ONLY or table not in tables.shapes:

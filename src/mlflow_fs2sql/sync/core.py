@@ -44,6 +44,7 @@ class SyncOptions:
     rename_conflicts: bool = False
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
     full: bool = False  # read every unit, trusting no signature
+    artifacts: Optional[object] = None  # artifacts.ArtifactOptions: copy + rewrite URIs
 
 
 def sync(sources: List[str], target: str, options: Optional[SyncOptions] = None,
@@ -104,13 +105,15 @@ def _create(live, root: str, target: str, options: SyncOptions, report: Report, 
             if live.exists():
                 return False
             recorder = Recorder(root, time.time())
+            recorder.artifacts = options.artifacts
             mopts = MigrateOptions(
                 verify=options.verify, dry_run=options.dry_run,
                 skip_invalid=options.skip_invalid,
                 overwrite=not server and os.path.exists(live.path),  # an empty file
                 mlflow_version=options.mlflow_version,
                 experiment_ids=options.experiment_ids or "keep",
-                rename_conflicts=options.rename_conflicts, recorder=recorder)
+                rename_conflicts=options.rename_conflicts, recorder=recorder,
+                artifacts=options.artifacts)
             try:
                 done = migrate(root, target, mopts, progress)
                 break
@@ -152,19 +155,26 @@ def _absorb_migration(report: Report, done: Report, recorder) -> None:
 # -- an incremental sync of one source ----------------------------------------------------------
 def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
               on_wait, synced: set) -> None:
+    from .. import artifacts as _artifacts
     from ..schema import read_target_columns
     from .commit import apply_plan
 
     conn = live.connect()
     columns = read_target_columns(conn)
     revision = _check_schema(conn, columns, live)
+    artifact_options = options.artifacts
+    if artifact_options is None and columns.has_table("fs2sql_meta"):
+        artifact_options = state.load_artifacts(conn)  # what earlier syncs were given
     conn.commit()
     report.revision = revision
     for _ in range(MAX_ROUNDS):
         started = time.time()
+        step = _artifacts.step_for(artifact_options, root)
+        if step is not None and not options.dry_run:
+            step.check_destination()  # SDK, bucket, DEST inside the store: refused first
         plan = read_source(root, conn, columns, skip_invalid=options.skip_invalid,
                            full=options.full, rename_conflicts=options.rename_conflicts,
-                           started=started, progress=progress)
+                           started=started, progress=progress, artifacts=step)
         progress.stop()
         if plan.source is not None and plan.source.source_id in synced:
             plan.spool.close()
@@ -184,12 +194,26 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
             policy = options.experiment_ids or state.get_meta(conn, "experiment_ids") or "keep"
             outcome = apply_plan(live, plan, columns, source, policy=policy,
                                  rename_conflicts=options.rename_conflicts,
-                                 skip_invalid=options.skip_invalid)
+                                 skip_invalid=options.skip_invalid, artifacts=step)
+            if step is not None and not options.dry_run:
+                step.copy(progress)  # every changed unit's files in place before the commit
+            if options.artifacts is not None:
+                state.save_artifacts(conn, options.artifacts)
             if state.get_meta(conn, "experiment_ids") is None:
                 state.set_meta(conn, "experiment_ids", policy)
             state.save_source(conn, source, root)
             if options.verify:
-                _verify_before_commit(live, root, source, report)
+                _verify_before_commit(live, root, source, report,
+                                      _artifacts.step_for(artifact_options, root))
+                if step is not None and artifact_options.check_files and not options.dry_run:
+                    if step.check(progress).problem_count:
+                        from ..errors import VerificationFailed
+
+                        raise VerificationFailed(
+                            "the copied artifacts differ from the store's "
+                            f"({step.checked.problems[0]}), so the sync was rolled back.",
+                            hint="Run it again: files that changed while being copied are "
+                            "copied again.")
             if options.dry_run:
                 live.rollback()
             else:
@@ -201,6 +225,9 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
             live.unlock()
             plan.spool.close()
         _record(report, plan, outcome, source, live)
+        if step is not None:
+            step.record(report)
+            report.start_command = live.start_command() + step.server_flags()
         synced.add(source.source_id)
         return
     raise TargetError(
@@ -256,11 +283,11 @@ def _still_current(conn, plan) -> bool:
     return now == plan.source.generation
 
 
-def _verify_before_commit(live, root, source, report) -> None:
-    """``--verify``: placeholder replaced by the sync-aware verification (check.py)."""
+def _verify_before_commit(live, root, source, report, artifacts=None) -> None:
+    """``--verify``: this source against the database, inside the sync's transaction."""
     from .check import verify_source
 
-    verify_source(live.conn, root, source, report)
+    verify_source(live.conn, root, source, report, artifacts)
 
 
 def _record(report: Report, plan, outcome, source, live) -> None:

@@ -69,6 +69,8 @@ class Recorder:
             state.write_units(self._conn, self.source.source_id, self.writes)
             self.writes = state.UnitWrites()
 
+    artifacts = None  # ArtifactOptions of the sync, kept in the state
+
     def finish(self, policy: str) -> None:
         """Before the migration publishes: the rest of the units, the source, the mapping."""
         if self._conn is None:
@@ -79,3 +81,4 @@ class Recorder:
                                   state.MappedExperiment(db_id, True))
         state.save_source(self._conn, self.source, self.root)
         state.set_meta(self._conn, "experiment_ids", policy)
+        state.save_artifacts(self._conn, self.artifacts)

@@ -131,7 +131,7 @@ def evidence(root: str, limit: int = EVIDENCE) -> List[str]:
 
 
 def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
-                rename_conflicts: bool, started: float, progress) -> Plan:
+                rename_conflicts: bool, started: float, progress, artifacts=None) -> Plan:
     """Phase 1 for one source (``conn`` reads the state; nothing is written)."""
     have_state = state.exists(conn)
     source = state.identify(conn, root, evidence(root)) if have_state else None
@@ -149,6 +149,9 @@ def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
         {x for x, m in experiments.items() if m.owner},
         {x: m.name for x, m in experiments.items() if m.name},
         source.source_id if source else ""))
+    # --artifacts-to: URIs as the database will hold them (``artifacts.ArtifactStep``), after
+    # the IDs; the digests compare rewritten rows with rewritten rows.
+    undo_uris = artifacts.install() if artifacts is not None else (lambda: None)
     seen: Set[str] = set()
     try:
         progress.start("Reading changes", walk.count_runs())
@@ -157,6 +160,7 @@ def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
             if isinstance(entity, (Run, Unchanged)) and getattr(entity, "kind", "run") == "run":
                 progress.advance()
     finally:
+        undo_uris()
         undo()
     for skipped in walk.skipped:  # neither changed nor removed: kept as they are
         if skipped.entity_id == "*":

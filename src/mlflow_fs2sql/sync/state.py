@@ -123,6 +123,27 @@ def set_meta(conn, key: str, value: str) -> None:
         conn.execute(meta.insert(), [{"key": key, "value": value}])
 
 
+def save_artifacts(conn, options) -> None:
+    """The artifact options of the syncs (``--artifacts-to`` ...): later syncs and ``verify``
+    apply them by themselves, so that a forgotten flag never mixes layouts."""
+    if options is None or not options.active:
+        return
+    set_meta(conn, "artifacts", json.dumps({
+        "to": options.to, "uris": options.uris,
+        "root_maps": [f"{m.old}={m.new}" for m in options.root_maps]}))
+
+
+def load_artifacts(conn):
+    raw = get_meta(conn, "artifacts")
+    if not raw:
+        return None
+    from ..artifacts import ArtifactOptions, parse_root_maps
+
+    data = json.loads(raw)
+    return ArtifactOptions(to=data["to"], uris=data["uris"],
+                           root_maps=tuple(parse_root_maps(data["root_maps"])))
+
+
 # -- sources -----------------------------------------------------------------------------------
 @dataclass
 class Source:

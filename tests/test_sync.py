@@ -688,3 +688,22 @@ def test_sync_copies_the_artifacts_of_new_and_changed_runs_and_rewrites_their_ur
     assert checked.artifacts["check"]["files"] >= 7
     (dest / BIG / rid / "artifacts" / "model.pkl").write_bytes(b"\x00\x02" * 50)
     assert not verify(str(src), str(db)).ok
+
+
+def test_sync_verify_compares_before_committing_and_rolls_back_a_bad_write(tmp_path, monkeypatch):
+    from mlflow_fs2sql.sync import apply as sync_apply
+
+    src = store(tmp_path / "mlruns")
+    db = tmp_path / "t.db"
+    assert run_sync(src, target=db, verify=True).verified
+    edit(src / "1" / RID[0] / "params" / "new", "1")
+    edit(src / "1" / RID[1] / "tags" / "t", "changed")
+    ok = run_sync(src, target=db, verify=True)
+    assert ok.verified["params"] >= 3 and ok.mismatch_count == 0
+    before = dump(db), q(db, "SELECT * FROM fs2sql_units ORDER BY unit")
+    edit(src / "1" / RID[1] / "tags" / "t", "changed again")
+    monkeypatch.setattr(sync_apply, "update_rows", lambda *a: None)  # a write that goes missing
+    result = runner.invoke(app, ["sync", str(src), str(db), "--verify"])
+    assert result.exit_code == 3, result.output
+    assert "rolled back" in result.stderr
+    assert (dump(db), q(db, "SELECT * FROM fs2sql_units ORDER BY unit")) == before

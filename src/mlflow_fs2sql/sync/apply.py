@@ -134,6 +134,38 @@ def delete_keys(conn, tables: Tables, table: str, keys: Sequence[tuple]) -> None
     conn.execute(stmt, [{f"k_{c}": v for c, v in zip(pk_names, key)} for key in keys])
 
 
+def read_back(conn, tables: Tables, ops: Ops, limit: int = 1000) -> List[str]:
+    """``sync --verify``: the rows as this sync meant to leave them -- every insert and update
+    there with its values, every delete gone -- read back inside the transaction."""
+    from .units import field_hash
+
+    problems: List[str] = []
+    for table, rows in ops.inserts.items():
+        shape = tables.shapes[table]
+        wanted = {shape.key(r): r for r in rows}
+        have = read_rows(conn, tables, table, list(wanted), False)
+        for key, row in wanted.items():
+            got = have.get(key)
+            if got is None:
+                problems.append(f"{table} row {key}: inserted, but not in the database")
+            elif table != "latest_metrics" and shape.hashes(got) != shape.hashes(row):
+                problems.append(f"{table} row {key}: holds {got!r}, the sync wrote {row!r}")
+    for table, changes in ops.updates.items():
+        shape = tables.shapes[table]
+        have = read_rows(conn, tables, table, [k for k, _ in changes], False)
+        for key, values in changes:
+            got = have.get(key)
+            for column, value in values.items():
+                if got is None or field_hash(got[shape.names.index(column)]) != field_hash(value):
+                    problems.append(f"{table} row {key} field '{column}': the sync wrote "
+                                    f"{value!r}, the database holds "
+                                    f"{None if got is None else got[shape.names.index(column)]!r}")
+    for table, keys in ops.deletes.items():
+        for key in read_rows(conn, tables, table, keys, False):
+            problems.append(f"{table} row {key}: deleted, but still in the database")
+    return problems[:limit]
+
+
 # -- whole entities, with whatever the server hung below them ------------------------------------
 class Cascade:
     """Deletes rows with every row that references them (foreign keys, read from the

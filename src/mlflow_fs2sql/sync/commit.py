@@ -17,6 +17,7 @@ from ..model import Experiment, Run
 from ..rows import entity_identity, rows_for
 from . import state
 from .apply import Cascade, Tables, apply, read_rows
+from .apply import read_back as _read_back
 from .experiments import Assigned, SyncTransform, assign
 from .merge import APPEND_ONLY, Ops, latest_ops, merge_table, pks_of
 from .plan import Plan, SpooledUnit
@@ -43,16 +44,20 @@ class Outcome:
     notes: List[str] = field(default_factory=list)
     skipped: list = field(default_factory=list)
     kept_removed: int = 0
+    unwritten: List[str] = field(default_factory=list)  # --verify: writes not read back
+    read_back: bool = False
     assigned: Dict[int, Assigned] = field(default_factory=dict)
 
 
 def apply_plan(live, plan: Plan, columns, source: state.Source, *, policy: str,
-               rename_conflicts: bool, skip_invalid: bool, artifacts=None) -> Outcome:
+               rename_conflicts: bool, skip_invalid: bool, artifacts=None,
+               read_back: bool = False) -> Outcome:
     """``artifacts`` (``artifacts.ArtifactStep``): its URI rewriting applies, and it plans the
     copy of every changed unit's files (copied by the caller before it commits)."""
     conn = live.conn
     tables = Tables(columns)
     out = Outcome()
+    out.read_back = read_back
     mapped = dict(plan.experiments)
     skipped_experiments: Set[int] = set()
     taken: Set[int] = set()
@@ -166,6 +171,8 @@ def _merge_batch(live, tables: Tables, plan: Plan, source: state.Source,
                       {"rows": make_base(projected, tables.shapes)})
     apply(live, tables, ops, out.counts)
     out.conflicts.extend(ops.conflicts)
+    if out.read_back:
+        out.unwritten.extend(_read_back(conn, tables, ops))
 
 
 def _differs(tables: Tables, projected, db) -> bool:

@@ -194,7 +194,8 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
             policy = options.experiment_ids or state.get_meta(conn, "experiment_ids") or "keep"
             outcome = apply_plan(live, plan, columns, source, policy=policy,
                                  rename_conflicts=options.rename_conflicts,
-                                 skip_invalid=options.skip_invalid, artifacts=step)
+                                 skip_invalid=options.skip_invalid, artifacts=step,
+                                 read_back=options.verify)
             if step is not None and not options.dry_run:
                 step.copy(progress)  # every changed unit's files in place before the commit
             if options.artifacts is not None:
@@ -203,6 +204,16 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
                 state.set_meta(conn, "experiment_ids", policy)
             state.save_source(conn, source, root)
             if options.verify:
+                if outcome.unwritten:
+                    from ..errors import VerificationFailed
+
+                    report.mismatches += ["FAILED: " + p for p in outcome.unwritten]
+                    report.mismatch_count += len(outcome.unwritten)
+                    raise VerificationFailed(
+                        f"{len(outcome.unwritten)} of this sync's writes are not in the database "
+                        f"as written (first: {outcome.unwritten[0]}), so the sync was rolled "
+                        "back.", hint="Please report this with --json output; your source and "
+                        "database are unchanged.")
                 _verify_before_commit(live, root, source, report,
                                       _artifacts.step_for(artifact_options, root))
                 if step is not None and artifact_options.check_files and not options.dry_run:

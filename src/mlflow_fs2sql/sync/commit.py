@@ -151,7 +151,12 @@ def _merge_batch(live, tables: Tables, plan: Plan, source: state.Source,
             continue
         if artifacts is not None:
             artifacts.observe(unit.entity)
-        source_wins = not base and kind in UNIQUE_KINDS and unit.key not in elsewhere
+        # No base: a unique ID, or an experiment this source turned out to have made (adopted),
+        # came from this store: its values win. Shared names (joined) keep the database's.
+        adopted = isinstance(unit.entity, Experiment) and getattr(
+            out.assigned.get(unit.entity.experiment_id), "how", "") == "adopted"
+        source_wins = not base and (kind in UNIQUE_KINDS or adopted) and \
+            unit.key not in elsewhere
         for table in sorted(set(projected) | set(base), key=_order):
             if table in APPEND_ONLY or table not in tables.shapes:
                 continue

@@ -78,10 +78,13 @@ def _is_server(target: str) -> bool:
 
 def assert_same(got: dict, want: dict, what: str) -> None:
     diffs = diff_dumps(got, want)
-    shown = "\n".join(f"  {p}\n    database: {json.dumps(a, ensure_ascii=False)[:300]}"
-                      f"\n    expected: {json.dumps(b, ensure_ascii=False)[:300]}"
-                      for p, a, b in diffs[:20])
-    assert not diffs, f"{what}: {len(diffs)} differences\n{shown}"
+    assert not diffs, f"{what}: {_show(diffs)}"
+
+
+def _show(diffs) -> str:
+    return f"{len(diffs)} differences\n" + "\n".join(
+        f"  {p}\n    database: {json.dumps(a, ensure_ascii=False)[:300]}"
+        f"\n    expected: {json.dumps(b, ensure_ascii=False)[:300]}" for p, a, b in diffs[:20])
 
 
 def raw_dump(target: str) -> dict:
@@ -244,13 +247,12 @@ def test_the_database_shows_the_store_plus_what_the_server_wrote(version, target
 RENAMED = "{name} (deleted, from {id})"
 
 
-@pytest.fixture(scope="module")
-def node2(tmp_path_factory):
+@pytest.fixture
+def node2(tmp_path):
     """A second MLflow 1.x store (IDs 0..5 again), edited so that some of its experiment names
     are its own and two clash with the other stores' in lifecycle (--rename-conflicts)."""
-    folder = tmp_path_factory.mktemp("node2")
-    mlruns = living.living_store(LATEST_1X, folder)
-    living.edit_store(LATEST_1X, folder, 1)
+    mlruns = living.living_store(LATEST_1X, tmp_path / "node2")
+    living.edit_store(LATEST_1X, tmp_path / "node2", 1)
     return mlruns
 
 
@@ -272,20 +274,12 @@ def _mapping(view: dict, db: dict, store_id: str) -> dict:
     return out
 
 
-@pytest.mark.parametrize("target", ["sqlite", "postgresql", "mysql"], indirect=True)
-def test_merge_of_a_1x_a_2x_and_a_3x_store(target, reader, node2, tmp_path):
-    stores = [ensure_store(LATEST_1X, "small"), ensure_store(LATEST_2X, "small"),
-              ensure_store(LATEST_3X, "small"), node2]
-    options = SyncOptions(rename_conflicts=True,
-                          experiment_ids="renumber" if _is_server(target) else None)
-    report = sync([str(s) for s in stores], target, options)
-    assert report.exit_code == 0 and not report.skipped
-    checked = verify([str(s) for s in stores], target)
-    assert checked.ok, checked.mismatches[:5]
-
-    dump = reader.db(target)
+def _merged(reader, stores, dump: dict, store_ids: dict):
+    """(what the merged database must show, {database experiment ID: (store, store's ID)} of
+    the first store holding each, MLflow's view of the database): every store's view in the
+    database's experiment IDs and names, folded in the order synced -- the first store's values
+    win where two disagree (shared names: experiments, registered models)."""
     db = views.normalise(dump)
-    store_ids = {s["path"]: s["source_id"] for s in report.sources}
     want, owners, five = views.MISSING, {}, {}
     for store in stores:
         five.update(views.five_field_points(store))
@@ -297,9 +291,33 @@ def test_merge_of_a_1x_a_2x_and_a_3x_store(target, reader, node2, tmp_path):
             e["name"] = names[int(e["experiment_id"])]
         for x, (eid, _) in mapping.items():
             owners.setdefault(eid, (str(store), x))
-        want, _ = views.merge3(views.MISSING, want, view)  # the first store's values win
-    got = views.normalise(views.map_ids(dump, {}), five)
+        want, _ = views.merge3(views.MISSING, want, view)
+    return want, owners, views.normalise(views.map_ids(dump, {}), five)
 
+
+def _known_gap(diffs):
+    """The one known gap (the lead's): a dataset two stores hold gets one dataset_uuid, so the
+    inputs of the later store's run point at nothing."""
+    gap = [d for d in diffs if d[0].endswith(".inputs.dataset_inputs")]
+    return gap, [d for d in diffs if d not in gap]
+
+
+@pytest.mark.parametrize("target", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_merge_of_a_1x_a_2x_and_a_3x_store(target, reader, node2, tmp_path):
+    stores = [ensure_store(LATEST_1X, "small"), ensure_store(LATEST_2X, "small"),
+              ensure_store(LATEST_3X, "small"), node2]
+    paths = [str(s) for s in stores]
+    options = SyncOptions(rename_conflicts=True,
+                          experiment_ids="renumber" if _is_server(target) else None)
+    report = sync(paths, target, options)
+    assert report.exit_code == 0 and not report.skipped
+    cli = subprocess.run([sys.executable, "-m", "mlflow_fs2sql", "verify", "-q", *paths, target],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+
+    dump = reader.db(target)
+    store_ids = {s["path"]: s["source_id"] for s in report.sources}
+    want, owners, got = _merged(reader, stores, dump, store_ids)
     # Joined: one Default, and every name the stores share is one experiment.
     assert [e["experiment_id"] for e in got["experiments"] if e["name"] == "Default"] == ["0"]
     assert len({e["name"] for e in got["experiments"]}) == len(got["experiments"])
@@ -307,21 +325,29 @@ def test_merge_of_a_1x_a_2x_and_a_3x_store(target, reader, node2, tmp_path):
     # and the store it comes from.
     tagged = {(int(e["experiment_id"]), int(e["tags"][views.SOURCE_ID_TAG]),
                e["tags"][views.SOURCE_STORE_TAG])
-              for e in db["experiments"] if views.SOURCE_ID_TAG in e["tags"]}
+              for e in dump["experiments"] if views.SOURCE_ID_TAG in e["tags"]}
     moved = {(eid, x, store_ids[store]) for eid, (store, x) in owners.items() if eid != x}
     assert tagged == moved and len(moved) == 4  # node2's own experiments 2, 3, 4, 5
     # Each store's runs exactly once, with everything MLflow shows of them.
     run_ids = [r["info"]["run_id"] for r in got["runs"]]
     assert len(run_ids) == len(set(run_ids)) == len(want["runs"]) >= 40
-    # The one known gap (the lead's): a dataset two stores hold gets one dataset_uuid, so the
-    # inputs of the later store's run point at nothing.
-    gap = [d for d in diff_dumps(got, want) if d[0].endswith(".inputs.dataset_inputs")]
-    rest = [d for d in diff_dumps(got, want) if d not in gap]
-    assert_same({"d": rest}, {"d": []}, "merged database") if rest else None
-
+    gap, rest = _known_gap(diff_dumps(got, want))
+    assert not rest, _show(rest)
     if not _is_server(target) or target.startswith("postgresql"):
         _server_lists(target, report, want, tmp_path)
-    if gap:
+
+    # node2 keeps being written (its renamed and renumbered experiments restored, renamed
+    # again); the next sync of all four brings exactly that.
+    living.edit_store(LATEST_1X, node2.parent, 2)
+    again = sync(paths, target, options)
+    assert again.exit_code == 0 and verify(paths, target).ok
+    dump = reader.db(target)
+    mine, _, now = _merged(reader, stores, dump, store_ids)
+    expected, conflicts = views.merge3(want, got, mine)
+    assert conflicts == []
+    gap2, rest = _known_gap(diff_dumps(now, expected))
+    assert not rest, _show(rest)
+    if gap or gap2:
         pytest.xfail(f"known gap: dataset inputs of a dataset two stores hold ({gap[0][0]})")
 
 

@@ -83,6 +83,12 @@ def requirements(mlflow_version: str) -> List[str]:
     # targets: psycopg 3 (SQLAlchemy 2.1's ``postgresql://``), psycopg2 (required on a widened
     # database, see targets/postgresql.py) and PyMySQL (``mysql+pymysql://``).
     reqs = [f"mlflow=={mlflow_version}", "pandas", *DB_DRIVERS]
+    if _version_tuple(mlflow_version) < (2, 0):
+        # MLflow 1.x (1.30.1 on Python 3.11): its generated protobuf code needs protobuf 3
+        # (protobuf >= 4 fails at import: "cannot import name 'service'"), it imports
+        # pkg_resources (setuptools < 70, which uv's venvs lack), and SQLAlchemy 2 and pandas 2
+        # postdate it.
+        return reqs + ["protobuf<4", "setuptools<70", "sqlalchemy<2", "pandas<2"]
     if _version_tuple(mlflow_version) < (3, 10):
         # Releases older than these libraries need the pins: with OpenTelemetry >= 1.35, 2.x
         # traces never finish (they stay IN_PROGRESS) and 3.2.0 fails to end spans

@@ -55,8 +55,14 @@ SIZES = {
 EXP_NAMES = ["fixture-ascii", "実験-日本語-中文", "emoji-🚀-experiment", "fixture-extra-4",
              "fixture-extra-5"]
 RUN_STATUS_CODES = {"RUNNING": 1, "SCHEDULED": 2, "FINISHED": 3, "FAILED": 4, "KILLED": 5}
-LONG_PARAM = ("p" * 59 + "\n") * 100  # exactly 6000 chars = MAX_PARAM_VAL_LENGTH
-LONG_NOTE = "# Note\n" + "note text ✓ " * 657  # 7891 chars, under the 8000 tag limit
+try:  # MLflow 1.x allows 500-char params and 5000-char tags; 2.x and 3.x 6000 and 8000
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+except ImportError:  # pragma: no cover - every release the fixtures use has them
+    MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH = 6000, 8000
+# exactly MAX_PARAM_VAL_LENGTH chars (6000 from 2.x on)
+LONG_PARAM = ("p" * 59 + "\n") * (MAX_PARAM_VAL_LENGTH // 60) + "p" * (MAX_PARAM_VAL_LENGTH % 60)
+# 7891 chars from 2.x on (4987 on 1.x): just under the tag limit
+LONG_NOTE = "# Note\n" + "note text ✓ " * min(657, (MAX_TAG_VAL_LENGTH - 8) // 12)
 EDGE_LEN = 10_000  # over every 8000-char SQL column
 
 
@@ -207,7 +213,7 @@ class Fixture:
         self.end_run(rid, "FINISHED", 20)
         self.client.delete_experiment(exp_id)  # since 2.3 this also marks its runs deleted
         self.counts["experiments_deleted"] += 1
-        self.counts["runs_deleted"] += 1
+        self.counts["runs_deleted"] += MLFLOW_VERSION >= Version("2.3")  # 1.x leaves them active
 
     # -- datasets, logged models -------------------------------------------------------------
     def datasets(self, exp_id, rid) -> None:
@@ -449,7 +455,8 @@ class Fixture:
         self.end_run(rid, "FINISHED", 1)
         with self.feature("assessments", since="3.2"):
             self.assessments()
-        self.registry(rid)
+        with self.feature("registry", since="2.0"):  # no FileStore registry in 1.x
+            self.registry(rid)
         with self.feature("prompts", since="2.21"):
             self.prompts()
 

@@ -243,7 +243,8 @@ def _remove(live, tables: Tables, plan: Plan, source: state.Source,
         column = LIFECYCLE.get(kind)
         if column is not None:
             at = shape.names.index(column)
-            alive = [k for k, r in have.items() if r[at] != "deleted"]
+            alive = [k for k, r in have.items() if r[at] != "deleted"
+                     and not _in_deleted_experiment(conn, shape, r)]
             if alive or (kind == "experiment" and _still_used(conn, tables, keys[0][0])):
                 kept += kind in ("run", "logged model")
                 continue
@@ -258,6 +259,19 @@ def _remove(live, tables: Tables, plan: Plan, source: state.Source,
             f"{kept} runs or logged models are no longer in the source but were never deleted "
             "in MLflow: they stay in the database (a store that lost files must not empty it). "
             "Delete them in MLflow if they should go.")
+
+
+def _in_deleted_experiment(conn, shape, row) -> bool:
+    """A run (or logged model) of an experiment the database holds as deleted is gone with it
+    when it leaves the store: MLflow <= 2.2 deleted an experiment without marking its runs
+    deleted, and ``mlflow gc`` then removes the experiment's folder, runs included."""
+    if "experiment_id" not in shape.names or shape.table == "experiments":
+        return False
+    mark = "%s" if conn.dialect.name != "sqlite" else "?"
+    stage = conn.exec_driver_sql(
+        f"SELECT lifecycle_stage FROM experiments WHERE experiment_id = {mark}",
+        (row[shape.names.index("experiment_id")],)).scalar()
+    return stage == "deleted"
 
 
 def _still_used(conn, tables: Tables, experiment_id: int) -> bool:

@@ -202,7 +202,8 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
                 state.save_artifacts(conn, options.artifacts)
             if state.get_meta(conn, "experiment_ids") is None:
                 state.set_meta(conn, "experiment_ids", policy)
-            state.save_source(conn, source, root)
+            if not _writes_nothing(plan):
+                state.save_source(conn, source, root)
             if options.verify:
                 if outcome.unwritten:
                     from ..errors import VerificationFailed
@@ -245,6 +246,14 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
         f"other syncs of this same store kept committing while this one read it ({MAX_ROUNDS} "
         "times); nothing was changed.", path=root,
         hint="Run one sync per store at a time (one cron line per store).")
+
+
+def _writes_nothing(plan) -> bool:
+    """Nothing new in a known store: the sync leaves even its own state as it is (a cron job
+    every hour must not rewrite the database, nor bump its file's mtime, to say so)."""
+    return (plan.source is not None and plan.source.moved_from is None
+            and not plan.spool.count and not plan.removed and not plan.sig_only
+            and not plan.new_experiments)
 
 
 def _check_schema(conn, columns, live) -> str:

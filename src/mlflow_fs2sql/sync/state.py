@@ -5,8 +5,9 @@ that any machine that can reach the database can sync (cron on every node of a c
 ignores tables it does not know (its start-up check is a subset test).
 
 * ``fs2sql_meta`` -- key/value: the state format, the experiment ID policy of the database.
-* ``fs2sql_sources`` -- one row per source store: a generated ID, where and when it was last
-  synced from. A source is recognised by what it holds (``identify``), not by its path.
+* ``fs2sql_sources`` -- one row per source store: a generated ID, where it is and when a sync
+  last brought a change from it (a sync with nothing new writes nothing). A source is
+  recognised by what it holds (``identify``), not by its path.
 * ``fs2sql_units`` -- one row per (source, unit): see ``units.py``. Indexed by unit too, so that
   recognising a source and finding a run that another source also holds are index lookups,
   whatever the number of sources.

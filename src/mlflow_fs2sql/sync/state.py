@@ -195,7 +195,9 @@ def identify(conn, root: str, evidence: List[str]) -> Optional[Source]:
             (sources.c.host == here()) & (sources.c.path == root))).first()
         # Same path and host: the same store unless what it held is gone (a new store lives
         # there now, e.g. a wiped scratch folder).
-        if row is None or not _mostly_here(conn, row.source_id, root, by_experiments=True):
+        # A store holding no runs contradicts nothing (mlflow gc removed them all).
+        if row is None or (evidence and not _mostly_here(conn, row.source_id, root,
+                                                         by_experiments=True)):
             return None
         found = row.source_id
     row = conn.execute(sources.select().where(sources.c.source_id == found)).first()

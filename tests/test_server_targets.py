@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     experiment_meta,
     fixture_store,
+    installed_head,
     metric_heavy_store,
     require_schema,
     run_meta,
@@ -371,8 +372,9 @@ def test_widen_on_mysql_is_refused(my, tmp_path):
 
 
 def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment(pg, tmp_path):
-    """A widened DB for MLflow 3.2, upgraded by fs2sql upgrade-schema; MLflow 3.17.2 then
-    creates a logged model and logs feedback on a trace in an 18-digit experiment."""
+    """A widened DB for MLflow 3.2, upgraded by fs2sql upgrade-schema to the installed
+    mlflow-skinny's head; that MLflow then creates a logged model and logs feedback on a trace in
+    an 18-digit experiment."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -388,7 +390,7 @@ def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment
     kinds = pg.query(url, "SELECT DISTINCT data_type FROM information_schema.columns WHERE "
                      "table_schema = 'public' AND column_name = 'experiment_id'")
     assert kinds == [("bigint",)]
-    assert pg.query(url, "SELECT version_num FROM alembic_version")[0][0] == "dc11669786a5"
+    assert pg.query(url, "SELECT version_num FROM alembic_version")[0][0] == installed_head()
     big_id, trace_id = pg.query(
         url, "SELECT experiment_id, request_id FROM trace_info WHERE experiment_id > 2147483647 "
         "ORDER BY 1 LIMIT 1")[0]

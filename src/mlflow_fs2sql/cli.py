@@ -28,7 +28,9 @@ app = typer.Typer(
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"fs2sql {__version__}")
+        from .releases import version_lines
+
+        typer.echo("\n".join([f"fs2sql {__version__}", *version_lines()]))
         raise typer.Exit()
 
 

@@ -148,22 +148,10 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
 def schema_revision_for(mlflow_version: str) -> str:
     """The Alembic revision MLflow ``mlflow_version`` needs, checked against the installed
     mlflow-skinny's migration scripts (it can only build revisions it ships)."""
-    from .releases import revision_for, table
-    from .schema import mlflow_skinny_version
+    from .releases import check_buildable, revision_for
 
     revision, release = revision_for(mlflow_version)
-    first = table()["revisions"].get(revision, {}).get("first_release")
-    installed = mlflow_skinny_version()
-
-    def key(v):
-        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
-
-    if first and key(first) > key(installed):
-        raise SchemaError(
-            f"MLflow {release} needs the schema revision {revision}, which fs2sql's "
-            f"mlflow-skinny {installed} does not ship (it first came with MLflow {first}).",
-            hint=f"Give fs2sql a newer mlflow-skinny: pipx inject fs2sql "
-            f"'mlflow-skinny=={release}' (or pip install it into fs2sql's environment).")
+    check_buildable(revision, release)
     return revision
 
 

@@ -130,7 +130,7 @@ def _start_uri(report, url: str) -> str:
     of ``url`` (the command shows the password as ***)."""
     prefix = "mlflow server --backend-store-uri "
     assert report.start_command.startswith(prefix), report.start_command
-    shown = report.start_command[len(prefix):].strip("'")
+    shown = report.start_command[len(prefix):].strip("'\"")
     return shown.split("://", 1)[0] + "://" + url.split("://", 1)[1]
 
 

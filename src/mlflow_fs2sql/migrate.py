@@ -98,11 +98,14 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
             _record_verify(report, verifier)
             if not report.ok:
                 raise VerificationFailed(
-                    f"verification found {report.mismatch_count} differences between the store "
+                    f"verification found {report.mismatch_count} "
+                    f"difference{'' if report.mismatch_count == 1 else 's'} between the store "
                     f"and the new database, so it was not published. First: "
                     f"{report.mismatches[0]}",
                     hint="Please report this with --json output; your source is unchanged.")
 
+        # The database builds its indexes and checks its keys: seconds, with no runs to count.
+        progress.start("Building indexes and checking keys", None)
         tgt.publish(before=verify_before_publish)
         report.start_command = tgt.start_command()
         report.start_requires = tgt.start_requires()
@@ -120,6 +123,7 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
     """Compare the store at ``source`` with the database ``target``; never writes."""
     from .schema import read_target_columns
     from .targets import connect_for_reading, open_for_reading
+    from .targets.readable import check_mlflow_database
     from .verify import verify_walk
 
     started = time.perf_counter()
@@ -128,9 +132,9 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
     report = Report("verify", source=root, target=display)
     try:
         with connect_for_reading(target, engine) as conn:
+            report.revision, warnings, if_different = check_mlflow_database(conn, display, source)
+            report.warnings.extend(warnings)
             columns = read_target_columns(conn)
-            report.revision = conn.exec_driver_sql(
-                "SELECT version_num FROM alembic_version").scalar() or ""
             id_plan = ids.plan_from_db(conn, root)  # renumbered experiments pair by source ID
             ids.record(report, id_plan)
             walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)
@@ -140,6 +144,8 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
             _record_walk(report, walk)
             report.found = dict(verifier.expected_total)
             _record_verify(report, verifier)
+            if not report.ok and if_different:  # e.g. a database MLflow only initialised
+                report.warnings.append(if_different)
     finally:
         engine.dispose()
     return _finish(report, started, progress)

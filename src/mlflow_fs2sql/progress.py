@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class Progress:
     """Null progress: callers never branch on "quiet"."""
 
-    def start(self, description: str, total: int) -> None:
-        pass
+    def start(self, description: str, total: Optional[int]) -> None:
+        """A new phase of ``total`` steps (None: steps are not counted)."""
 
     def advance(self, n: int = 1) -> None:
         pass

@@ -3,6 +3,12 @@
 ``ensure_venv("3.17.2")`` returns the path of the venv's python, creating the venv on first use.
 Cache root: ``$FS2SQL_CACHE`` or ``~/.cache/fs2sql-dev``; venvs live in ``<root>/venvs/mlflow-<ver>``.
 
+Two kinds: full ``mlflow`` (the fixture writers and ``mlflow server``) and, with
+``package="mlflow-skinny"``, the oracle readers in ``<root>/venvs/mlflow-skinny-<ver>``: MLflow's
+FileStore and SqlAlchemyStore need only mlflow-skinny, SQLAlchemy and Alembic, so the reader can be
+exactly the mlflow-skinny fs2sql is installed with, even when that release's full ``mlflow`` does
+not install (3.18.0: its ``mlflow-tracing`` was never published).
+
 Concurrency and idempotency: a per-version lock file serialises builders, and a marker file
 written last says the venv is complete. The venv is built in place (not in a temp dir renamed
 afterwards) because a venv's console scripts (``bin/mlflow``) embed its absolute path; a
@@ -37,8 +43,13 @@ def cache_root() -> Path:
     return root
 
 
-def venv_dir(mlflow_version: str) -> Path:
-    return cache_root() / "venvs" / f"mlflow-{mlflow_version}"
+PACKAGES = ("mlflow", "mlflow-skinny")
+
+
+def venv_dir(mlflow_version: str, package: str = "mlflow") -> Path:
+    if package not in PACKAGES:
+        raise ValueError(f"package must be one of {PACKAGES}, not {package!r}")
+    return cache_root() / "venvs" / f"{package}-{mlflow_version}"
 
 
 def _venv_python(venv: Path) -> Path:
@@ -77,12 +88,17 @@ def find_base_python() -> str:
     )
 
 
-def requirements(mlflow_version: str) -> List[str]:
-    """What goes into the venv for one MLflow release."""
+def requirements(mlflow_version: str, package: str = "mlflow") -> List[str]:
+    """What goes into the venv for one MLflow release (full ``mlflow`` or ``mlflow-skinny``)."""
     # The database drivers let MLflow's own stores and ``mlflow server`` open fs2sql's server
     # targets: psycopg 3 (SQLAlchemy 2.1's ``postgresql://``), psycopg2 (required on a widened
     # database, see targets/postgresql.py) and PyMySQL (``mysql+pymysql://``).
-    reqs = [f"mlflow=={mlflow_version}", "pandas", *DB_DRIVERS]
+    if package == "mlflow-skinny":
+        # A reader: the stores need SQLAlchemy and Alembic, which mlflow-skinny does not pull;
+        # the dump scripts need nothing else (pandas only writes datasets).
+        reqs = [f"mlflow-skinny=={mlflow_version}", "sqlalchemy", "alembic", *DB_DRIVERS]
+    else:
+        reqs = [f"mlflow=={mlflow_version}", "pandas", *DB_DRIVERS]
     if _version_tuple(mlflow_version) < (2, 0):
         # MLflow 1.x (1.30.1 on Python 3.11): its generated protobuf code needs protobuf 3
         # (protobuf >= 4 fails at import: "cannot import name 'service'"), it imports
@@ -134,18 +150,20 @@ def _is_complete(venv: Path, reqs: List[str]) -> bool:
         return False
 
 
-def ensure_venv(mlflow_version: str) -> Path:
-    """Return the python of a venv with full ``mlflow==<mlflow_version>``, building it if needed.
+def ensure_venv(mlflow_version: str, package: str = "mlflow") -> Path:
+    """Return the python of a venv with ``<package>==<mlflow_version>`` (full ``mlflow`` by
+    default, or ``mlflow-skinny`` for an oracle reader), building it if needed.
 
-    Idempotent and safe for concurrent callers (per-version lock; marker written last). A venv
-    whose marker names other requirements than ``requirements(mlflow_version)`` is rebuilt.
+    Idempotent and safe for concurrent callers (per-venv lock; marker written last). A venv
+    whose marker names other requirements than ``requirements(mlflow_version, package)`` is
+    rebuilt.
     """
-    final = venv_dir(mlflow_version)
-    reqs = requirements(mlflow_version)
+    final = venv_dir(mlflow_version, package)
+    reqs = requirements(mlflow_version, package)
     if _is_complete(final, reqs):
         return _venv_python(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(final.parent / f".mlflow-{mlflow_version}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if _is_complete(final, reqs):
             return _venv_python(final)
         if final.exists():  # half-built leftover from a killed build, or built for other reqs
@@ -160,7 +178,7 @@ def ensure_venv(mlflow_version: str) -> Path:
 
 
 def run_in_venv(mlflow_version: str, args: List[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` in the venv of ``mlflow_version`` (built if needed)."""
+    """Run ``python <args>`` in the full-MLflow venv of ``mlflow_version`` (built if needed)."""
     python = ensure_venv(mlflow_version)
     return subprocess.run([str(python), *args], **kwargs)
 
@@ -170,5 +188,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Build the fixture venv of MLflow releases.")
     parser.add_argument("versions", nargs="+")
-    for v in parser.parse_args().versions:
-        print(ensure_venv(v))
+    parser.add_argument("--skinny", action="store_true", help="mlflow-skinny reader venvs")
+    args = parser.parse_args()
+    for v in args.versions:
+        print(ensure_venv(v, "mlflow-skinny" if args.skinny else "mlflow"))

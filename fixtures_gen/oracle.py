@@ -34,15 +34,18 @@ class OracleError(RuntimeError):
     """The dump script failed."""
 
 
-def dump(mlflow_version: str, uri: str) -> dict:
+def dump(mlflow_version: str, uri: str, package: str = "mlflow") -> dict:
     """Everything MLflow ``mlflow_version``'s stores see at ``uri``, as canonical JSON data.
+
+    ``package`` picks the reader's venv (``envs.ensure_venv``): full ``mlflow`` or
+    ``mlflow-skinny``; both hold the same FileStore and SqlAlchemyStore.
 
     The source is never touched: the reader works on a copy (MLflow's readers do write, e.g.
     SqlAlchemyStore creates experiment 0, and 3.x ``load_prompt`` tags the prompt with the
     active experiment). Files of a FileStore copy that changed while reading are listed in
     ``result["_oracle"]["filestore_writes_on_read"]``.
     """
-    python = ensure_venv(mlflow_version)
+    python = ensure_venv(mlflow_version, package)
     with tempfile.TemporaryDirectory(prefix="fs2sql-oracle-") as tmp:
         if uri.startswith("sqlite:"):
             result = _run(python, _copy_sqlite(uri, Path(tmp)), Path(tmp))
@@ -109,10 +112,11 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description="Dump what MLflow's stores see at a URI.")
     parser.add_argument("--version", required=True, help="MLflow version of the reader")
+    parser.add_argument("--skinny", action="store_true", help="read with mlflow-skinny only")
     parser.add_argument("--uri", required=True, help="file:///abs/mlruns or sqlite:////abs.db")
     parser.add_argument("--out", help="write JSON here (default: stdout)")
     args = parser.parse_args(argv)
-    text = json.dumps(dump(args.version, args.uri), indent=1, sort_keys=True, ensure_ascii=False)
+    text = json.dumps(dump(args.version, args.uri, "mlflow-skinny" if args.skinny else "mlflow"), indent=1, sort_keys=True, ensure_ascii=False)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
     else:

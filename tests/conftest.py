@@ -120,25 +120,64 @@ def fixture_store(version: str, size: str) -> Path:
 
 
 _ORACLE_CACHE: dict = {}
-ORACLE_READER = "3.17.2"  # the MLflow whose FileStore and SqlAlchemyStore are compared
+
+
+def oracle_reader() -> str:
+    """The MLflow whose FileStore and SqlAlchemyStore are compared: exactly the mlflow-skinny
+    fs2sql is installed with (so its default schema is the reader's head, whatever release the
+    registry served), in its own fixture venv (``fixtures_gen.envs``, package mlflow-skinny)."""
+    from mlflow_fs2sql.schema import mlflow_skinny_version
+
+    return mlflow_skinny_version()
+
+
+def oracle_python() -> Path:
+    """The python of the oracle reader's venv (built on first use)."""
+    from fixtures_gen.envs import ensure_venv
+
+    return ensure_venv(oracle_reader(), "mlflow-skinny")
+
+
+def oracle_dump(uri: str) -> dict:
+    """``fixtures_gen.oracle.dump`` by the oracle reader (see ``oracle_reader``)."""
+    from fixtures_gen.oracle import dump
+
+    return dump(oracle_reader(), uri, "mlflow-skinny")
+
+
+def installed_head() -> str:
+    """The head of the installed mlflow-skinny's migration scripts, by Alembic itself."""
+    import mlflow
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    folder = os.path.join(os.path.dirname(mlflow.__file__), "store", "db_migrations")
+    config = Config(os.path.join(folder, "alembic.ini"))
+    config.set_main_option("script_location", folder)
+    heads = ScriptDirectory.from_config(config).get_heads()
+    assert len(heads) == 1, heads
+    return heads[0]
 
 
 def oracle_pair(writer_version: str, size: str = "full"):
     """(FileStore dump, SQL dump of fs2sql's DB, DB path, mlruns path) through MLflow's own
-    stores, once per session: migration by fs2sql, reading by full MLflow ``ORACLE_READER``."""
+    stores, once per session: migration by fs2sql (default schema: the installed head), reading
+    by ``oracle_reader()``."""
     key = (writer_version, size)
     if key not in _ORACLE_CACHE:
         import tempfile
 
-        from fixtures_gen.oracle import dump
         from mlflow_fs2sql.migrate import migrate, verify
 
         store = fixture_store(writer_version, size)
         db = Path(tempfile.mkdtemp(prefix="fs2sql-oracle-")) / "out.db"
         migrate(str(store), str(db))
         assert verify(str(store), str(db)).ok
-        fs = dump(ORACLE_READER, store.as_uri())
-        sql = dump(ORACLE_READER, f"sqlite:///{db}")
+        fs = oracle_dump(store.as_uri())
+        sql = oracle_dump(f"sqlite:///{db}")
+        # A reader that could not read a section would compare two empty sides as equal.
+        assert fs["unsupported"] == {} and sql["unsupported"] == {}, (fs["unsupported"],
+                                                                     sql["unsupported"])
         _ORACLE_CACHE[key] = (fs, sql, db, store)
     return _ORACLE_CACHE[key]
 

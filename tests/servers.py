@@ -78,6 +78,7 @@ class Server:
                 else:
                     conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
                     conn.exec_driver_sql(f"DROP DATABASE IF EXISTS fs2sql_stage_{name}")
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS fs2sql_old_{name}")
         engine.dispose()
 
     def query(self, url: str, sql: str):

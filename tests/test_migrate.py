@@ -100,7 +100,7 @@ def test_existing_target_is_refused_then_replaced_with_overwrite(tiny_store, tmp
         migrate(str(tiny_store), str(out))
     assert out.read_bytes() == b"not a database"
     migrate(str(tiny_store), str(out), MigrateOptions(overwrite=True))
-    with pytest.raises(TargetError, match="MLflow database with 1 experiments and 1 runs"):
+    with pytest.raises(TargetError, match="MLflow database with 1 experiment and 1 run"):
         migrate(str(tiny_store), str(out))
 
 
@@ -158,7 +158,7 @@ def test_verify_sees_rows_of_runs_that_are_not_in_the_source(tiny_store, tmp_pat
     con.commit()
     con.close()
     report = verify(str(tiny_store), out)
-    assert report.mismatch_count == 1 and "table runs has 1 rows" in report.mismatches[0]
+    assert report.mismatch_count == 1 and "table runs has 1 row that is not in the source" in report.mismatches[0]
 
 
 def test_failure_mid_load_leaves_no_target_and_no_temporary(tiny_store, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ def test_release_to_revision():
     assert revision_for("2.22.5") == ("0584bdc529eb", "2.22.5")
     assert revision_for("2.22") == ("0584bdc529eb", "2.22.5")  # newest patch of the line
     assert revision_for("3.17.2")[0] == "dc11669786a5"
+    assert revision_for("3.18") == ("f4a9b2c7d1e6", "3.18.0")
     with pytest.raises(SchemaError, match="does not know MLflow 9.0"):
         revision_for("9.0")
     with pytest.raises(SchemaError, match="not a version"):

@@ -1,9 +1,9 @@
-"""Oracle: MLflow 3.17.2's SQL store sees the datasets, run inputs/outputs and logged models of the
+"""Oracle: MLflow's SQL store sees the datasets, run inputs/outputs and logged models of the
 migrated DB exactly as its FileStore sees them in the source.
 
 For fixture stores written by MLflow 2.22.5 (datasets and dataset inputs only: logged models came
 with 3.0), 3.2.0 and 3.17.2 (size ``full``): migrate, verify, then run the small dump script below
-in MLflow 3.17.2's fixture venv against a copy of the FileStore and a copy of the DB (both stores
+in the oracle reader's venv (the installed mlflow-skinny, ``conftest.oracle_reader``) against a copy of the FileStore and a copy of the DB (both stores
 may write while reading) and compare ``get_run(...).inputs`` / ``.outputs``,
 ``search_logged_models`` and ``get_logged_model`` (params, tags, metrics).
 
@@ -26,14 +26,13 @@ import sys
 import textwrap
 
 import pytest
-from conftest import fixture_store
+from conftest import fixture_store, oracle_python
 
 from mlflow_fs2sql.migrate import migrate, verify
 from mlflow_fs2sql.parse import MAX_DOUBLE
 
 pytestmark = pytest.mark.oracle
 
-READER = "3.17.2"
 
 DUMP = textwrap.dedent(r'''
     import json, math, os, sys, warnings
@@ -94,11 +93,9 @@ DUMP = textwrap.dedent(r'''
 
 
 def _dump(uri: str, tmp) -> dict:
-    from fixtures_gen.envs import ensure_venv
-
     script, out = tmp / "dump.py", tmp / "dump.json"
     script.write_text(DUMP, encoding="utf-8")
-    proc = subprocess.run([str(ensure_venv(READER)), str(script), uri, str(out)], cwd=tmp, check=False,
+    proc = subprocess.run([str(oracle_python()), str(script), uri, str(out)], cwd=tmp, check=False,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8"))

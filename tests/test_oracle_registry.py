@@ -1,8 +1,9 @@
-"""Oracle: MLflow 3.17.2 sees the same registry and prompts in the migrated DB as in the FileStore.
+"""Oracle: MLflow sees the same registry and prompts in the migrated DB as in the FileStore.
 
 For fixture stores written by MLflow 2.22.5, 3.2.0 and 3.17.2 (size ``full``): migrate, verify,
-then run the dump script below in the fixture venv of MLflow 3.17.2 once against a copy of the
-FileStore and once against a copy of the DB (both stores write while reading), and compare.
+then run the dump script below in the oracle reader's venv (the installed mlflow-skinny,
+``conftest.oracle_reader``) once against a copy of the FileStore and once against a copy of the
+DB (both stores write while reading), and compare.
 
 The dump covers registered models (tags, aliases, latest versions), every version number up to
 the highest plus two (deleted ones are hidden by both stores: the error is compared), versions by
@@ -18,13 +19,12 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import fixture_store
+from conftest import fixture_store, oracle_python
 
 from mlflow_fs2sql.migrate import MigrateOptions, migrate, verify
 
 pytestmark = pytest.mark.oracle
 
-READER = "3.17.2"
 
 DUMP = textwrap.dedent(r'''
     import json, os, sys, warnings
@@ -124,18 +124,17 @@ DUMP = textwrap.dedent(r'''
 
 
 def run_dump(uri: str, tmp) -> dict:
-    from fixtures_gen.envs import ensure_venv
-
     script = tmp / "dump_registry.py"
     script.write_text(DUMP, encoding="utf-8")
     out = tmp / f"dump-{len(list(tmp.glob('dump-*')))}.json"
-    proc = subprocess.run([str(ensure_venv(READER)), str(script), uri, str(out)], cwd=tmp,
+    proc = subprocess.run([str(oracle_python()), str(script), uri, str(out)], cwd=tmp,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-# Documented differences between what the two stores return for the same data (MLflow 3.17.2);
+# Documented differences between what the two stores return for the same data (MLflow 3.17.2,
+# unchanged in 3.18.0);
 # they come from the stores' code, not from the data:
 # * ``model_id``, ``metrics``, ``params`` of a version: FileStore reads ``model_id`` from the
 #   version's meta.yaml and fetches the logged model's metrics/params

@@ -1,11 +1,12 @@
-"""Oracle on real servers: MLflow 3.17.2's own SqlAlchemyStore reading fs2sql's PostgreSQL and
+"""Oracle on real servers: MLflow's own SqlAlchemyStore reading fs2sql's PostgreSQL and
 MariaDB databases sees what it sees in fs2sql's SQLite database of the same store -- which
 ``test_oracle_core`` and the kind oracles prove equal to what MLflow's FileStore sees -- and
 the experiments the FileStore itself shows.
 
-``fixtures_gen.oracle.dump`` reads only file:// and sqlite:// URIs in the fixture venvs (which
-have no server drivers), so the dumps here run ``fixtures_gen/oracle_dump.py`` with this
-environment's MLflow 3.17.2 (mlflow-skinny + psycopg + PyMySQL) on every side alike.
+``fixtures_gen.oracle.dump`` reads only file:// and sqlite:// URIs (it works on copies), so the
+dumps here run ``fixtures_gen/oracle_dump.py`` directly, in the oracle reader's venv (the
+installed mlflow-skinny with psycopg, psycopg2 and PyMySQL, ``conftest.oracle_reader``) on every
+side alike.
 
 With ``--experiment-ids renumber`` experiments are paired through the mapping fs2sql records
 (tag ``fs2sql.source_experiment_id``): every ``experiment_id`` the server dump shows is mapped
@@ -18,12 +19,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import fixture_store
+from conftest import fixture_store, oracle_dump, oracle_python
 from servers import MYSQL_ADMIN, PG_ADMIN, Server, _driver_url, _require
 
 from mlflow_fs2sql.ids import PROMPT_EXPERIMENTS_TAG, SOURCE_ID_TAG
@@ -36,7 +36,7 @@ DUMPER = Path(__file__).resolve().parents[1] / "fixtures_gen" / "oracle_dump.py"
 def _dump(uri: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="fs2sql-oracle-") as tmp:
         out = Path(tmp) / "dump.json"
-        proc = subprocess.run([sys.executable, str(DUMPER), "--uri", uri, "--out", str(out)],
+        proc = subprocess.run([str(oracle_python()), str(DUMPER), "--uri", uri, "--out", str(out)],
                               cwd=tmp, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-3000:]
         data = json.loads(out.read_text(encoding="utf-8"))
@@ -113,9 +113,7 @@ def test_mlflow_sees_the_same_on_servers_as_on_sqlite(kind, version):
 
 @pytest.mark.parametrize("version", ["2.22.5", "3.17.2"])
 def test_experiments_on_postgres_match_the_filestore(version):
-    """Directly against MLflow 3.17.2's FileStore (fixture venv): experiments, names, tags."""
-    from fixtures_gen.oracle import dump
-
+    """Directly against MLflow's FileStore (the oracle reader): experiments, names, tags."""
     _require("postgresql", PG_ADMIN)
     server = Server("postgresql", PG_ADMIN)
     try:
@@ -126,7 +124,7 @@ def test_experiments_on_postgres_match_the_filestore(version):
             url, f"SELECT experiment_id, value FROM experiment_tags WHERE key = "
             f"'{SOURCE_ID_TAG}'")}
         sql = _map_back(_dump(_driver_url(url)), back)
-        fs = dump("3.17.2", store.as_uri())
+        fs = oracle_dump(store.as_uri())
         by_id = lambda exps: sorted(exps, key=lambda e: int(e["experiment_id"]))  # noqa: E731
         assert by_id(sql["experiments"]) == by_id(fs["experiments"])
         assert sorted(r["info"]["run_id"] for r in sql["runs"]) == \

@@ -1,8 +1,9 @@
-"""Oracle: MLflow 3.17.2's SQL store sees the same traces and assessments as its FileStore.
+"""Oracle: MLflow's SQL store sees the same traces and assessments as its FileStore.
 
 For fixture stores written by MLflow 2.22.5 (v2 trace files), 3.2.0 and 3.17.2 (v3 files and
 assessments), size ``full``, plus a copy of a store with hand-written edge traces: migrate,
-verify, then ``fixtures_gen.oracle.dump`` with MLflow 3.17.2 once against the FileStore and once
+verify, then ``fixtures_gen.oracle.dump`` by the oracle reader (the installed mlflow-skinny,
+``conftest.oracle_reader``) once against the FileStore and once
 against the migrated DB (``search_traces`` + ``get_trace_info`` with assessments + span names
 loaded through ``mlflow.artifactLocation``), and compare the ``traces`` sections.
 
@@ -23,13 +24,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import fixture_store, write_files
+from conftest import fixture_store, oracle_dump, write_files
 
 from mlflow_fs2sql.migrate import MigrateOptions, migrate, verify
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
-READER = "3.17.2"
 VERSIONS = ("2.22.5", "3.2.0", "3.17.2")
 
 
@@ -55,10 +55,8 @@ def _traces(dump: dict) -> list:
 
 
 def _compare(src: Path, db: Path) -> list:
-    from fixtures_gen.oracle import dump
-
-    on_files = _traces(dump(READER, src.as_uri()))
-    on_sql = _traces(dump(READER, f"sqlite:///{db}"))
+    on_files = _traces(oracle_dump(src.as_uri()))
+    on_sql = _traces(oracle_dump(f"sqlite:///{db}"))
     assert [t["trace_id"] for t in on_sql] == [t["trace_id"] for t in on_files]
     for want, got in zip(on_files, on_sql):
         assert got == want, want["trace_id"]

@@ -1,7 +1,9 @@
-"""MLflow's own server (full MLflow 3.17.2, its own virtualenv) starts on fs2sql's database and
-lists the runs over its REST API -- on a store written by MLflow 2.22.5 and one by 3.17.2, in
+"""MLflow's own server (full MLflow ``fixtures_gen.versions.SERVER``, the newest full MLflow that
+installs, in its own virtualenv) starts on fs2sql's database made with ``--mlflow-version SERVER``
+and lists the runs over its REST API -- on a store written by MLflow 2.22.5 and one by 3.17.2, in
 SQLite, in PostgreSQL (experiments renumbered to 32-bit IDs, or the schema widened to keep the
-18-digit FileStore IDs) and in MariaDB (renumbered).
+18-digit FileStore IDs) and in MariaDB (renumbered). The server runs in its own process group,
+killed whole at the end (gunicorn/uvicorn workers included).
 
 The server is started with the backend URI fs2sql's own start command names (its driver: the
 fixture venvs carry psycopg 3, psycopg2 and PyMySQL, see ``fixtures_gen/envs.py``). Servers that
@@ -9,6 +11,8 @@ do not answer skip these tests like ``tests/test_server_targets.py`` (they fail 
 """
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -19,12 +23,11 @@ import pytest
 from conftest import oracle_pair, require_schema
 
 from fixtures_gen.envs import ensure_venv
-from fixtures_gen.versions import LATEST_2X, LATEST_3X
+from fixtures_gen.versions import LATEST_2X, LATEST_3X, SERVER
 from mlflow_fs2sql.ids import SOURCE_ID_TAG
 from mlflow_fs2sql.migrate import MigrateOptions, migrate
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
-SERVER = "3.17.2"  # the MLflow whose server is started
 INT32_MAX = 2**31 - 1
 PAGE = 1000
 
@@ -56,7 +59,10 @@ def _paged(port, path, body, key):
 # -- SQLite ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", [LATEST_2X, LATEST_3X])
 def test_mlflow_server_lists_the_migrated_runs(version, tmp_path):
-    fs, _, db, _ = oracle_pair(version)
+    fs, store = _fixture(version)
+    db = tmp_path / "out.db"
+    report = migrate(str(store), str(db), MigrateOptions(mlflow_version=SERVER, verify=True))
+    assert report.ok, report.mismatches[:5]
     assert_server_lists_runs(SERVER, db, fs, tmp_path)
 
 
@@ -71,7 +77,8 @@ _START = {"postgresql": ("postgresql+psycopg2://", "pip install psycopg2-binary"
 def test_mlflow_server_lists_the_runs_on_a_renumbered_server_database(version, server, tmp_path):
     fs, store = _fixture(version)
     url = server.new_db()
-    report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True))
+    report = migrate(str(store), url, MigrateOptions(experiment_ids="renumber", verify=True,
+                                                     mlflow_version=SERVER))
     assert report.ok, report.mismatches[:5]
     renumbered = _renumbered(report, fs)
     key = '"key"' if server.kind == "postgresql" else "`key`"
@@ -90,7 +97,8 @@ def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):
     fs, store = _fixture(LATEST_3X)
     assert any(int(e["experiment_id"]) > INT32_MAX for e in fs["experiments"])
     url = pg.new_db()
-    report = migrate(str(store), url, MigrateOptions(experiment_ids="widen", verify=True))
+    report = migrate(str(store), url, MigrateOptions(experiment_ids="widen", verify=True,
+                                                     mlflow_version=SERVER))
     assert report.ok, report.mismatches[:5]
     assert report.experiment_ids == {"policy": "widen", "renumbered": {}}
     assert _start_uri(report, url).startswith("postgresql+psycopg2://")
@@ -98,7 +106,7 @@ def test_mlflow_server_lists_the_runs_on_widened_postgresql(pg, tmp_path):
 
 
 def _fixture(version):
-    """(FileStore dump by MLflow 3.17.2, mlruns path) of the ``full`` store of ``version``."""
+    """(FileStore dump by the oracle reader, mlruns path) of the ``full`` store of ``version``."""
     if version == LATEST_3X:
         require_schema("assessments")
     fs, _, _, store = oracle_pair(version)
@@ -122,7 +130,7 @@ def _start_uri(report, url: str) -> str:
     of ``url`` (the command shows the password as ***)."""
     prefix = "mlflow server --backend-store-uri "
     assert report.start_command.startswith(prefix), report.start_command
-    shown = report.start_command[len(prefix):].strip("'")
+    shown = report.start_command[len(prefix):].strip("'\"")
     return shown.split("://", 1)[0] + "://" + url.split("://", 1)[1]
 
 
@@ -151,7 +159,7 @@ def assert_server_lists_runs(server_version, db, fs, tmp_path, renumbered=None):
             [str(python.parent / "mlflow"), "server", "--backend-store-uri", backend,
              "--default-artifact-root", (tmp_path / "artifacts").as_uri(),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -183,12 +191,51 @@ def assert_server_lists_runs(server_version, db, fs, tmp_path, renumbered=None):
         assert [r[0] for r in got_runs] == [r[0] for r in want_runs]  # the run IDs first
         assert got_runs == want_runs
     finally:
-        server.terminate()
+        stop_process_group(server)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop ``proc`` and everything it started (``mlflow server`` forks gunicorn or uvicorn
+    workers, which outlive a terminated parent): SIGTERM to its process group, SIGKILL to what
+    is left after ``timeout`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so that only live members keep the group
+            if not _live_group_members(proc.pid):
+                break
+            time.sleep(0.2)
+        else:
+            continue  # someone survived SIGTERM: SIGKILL the group
+        break
+    proc.wait()
+
+
+def _live_group_members(pgid: int) -> list:
+    """PIDs of the process group's members that are not zombies (from /proc on Linux; where
+    there is no /proc, whether the group still exists at all)."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except ProcessLookupError:
+            return []
+    live = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            live.append(int(entry))
+    return live
 
 
 def _run_view(info: dict, params: dict) -> tuple:

@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     experiment_meta,
     fixture_store,
+    installed_head,
     metric_heavy_store,
     require_schema,
     run_meta,
@@ -203,7 +204,8 @@ def test_a_password_user_migrates_and_the_password_is_shown_nowhere(my, tmp_path
         report = json.loads(out.read_text())
         assert report["ok"] and report["exit_code"] == 0
         assert all(k["verified"] == k["written"] for k in report["kinds"])
-        assert f"{user}:***@" in report["target"] and f"{user}:***@" in report["start_command"]
+        assert f"{user}:***@" in report["target"]
+        assert f"{user}:${{MLFLOW_DB_PASSWORD}}@" in report["start_command"]  # pastes as is
         for secret in (password, quote(password, safe=""), quote(password)):
             assert secret not in shown
         wrong = run_cli("verify", str(small_id_store(tmp_path / "again")),
@@ -371,8 +373,9 @@ def test_widen_on_mysql_is_refused(my, tmp_path):
 
 
 def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment(pg, tmp_path):
-    """A widened DB for MLflow 3.2, upgraded by fs2sql upgrade-schema; MLflow 3.17.2 then
-    creates a logged model and logs feedback on a trace in an 18-digit experiment."""
+    """A widened DB for MLflow 3.2, upgraded by fs2sql upgrade-schema to the installed
+    mlflow-skinny's head; that MLflow then creates a logged model and logs feedback on a trace in
+    an 18-digit experiment."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -388,7 +391,7 @@ def test_widen_then_upgrade_schema_then_newer_mlflow_logs_in_large_id_experiment
     kinds = pg.query(url, "SELECT DISTINCT data_type FROM information_schema.columns WHERE "
                      "table_schema = 'public' AND column_name = 'experiment_id'")
     assert kinds == [("bigint",)]
-    assert pg.query(url, "SELECT version_num FROM alembic_version")[0][0] == "dc11669786a5"
+    assert pg.query(url, "SELECT version_num FROM alembic_version")[0][0] == installed_head()
     big_id, trace_id = pg.query(
         url, "SELECT experiment_id, request_id FROM trace_info WHERE experiment_id > 2147483647 "
         "ORDER BY 1 LIMIT 1")[0]

@@ -28,7 +28,9 @@ app = typer.Typer(
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"fs2sql {__version__}")
+        from .releases import version_lines
+
+        typer.echo("\n".join([f"fs2sql {__version__}", *version_lines()]))
         raise typer.Exit()
 
 
@@ -125,7 +127,8 @@ def migrate(
                                  artifacts=artifacts)
         return run_migrate(source, target, options, progress)
 
-    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file,
+         context=("migrate", source, target))
 
 
 @app.command()
@@ -166,7 +169,8 @@ def verify(
         return run_verify(source, target, skip_invalid=skip_invalid, progress=progress,
                           artifacts_options=options, strict=strict)
 
-    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file,
+         context=("verify", source, target))
 
 
 @app.command()
@@ -224,7 +228,8 @@ def sync(
         return run_sync(sources, target, options, progress,
                         on_wait=lambda line: err.print(line, markup=False, soft_wrap=True))
 
-    _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
+    _run(run, quiet=quiet, verbose=verbose, json_file=json_file,
+         context=("sync", ", ".join(sources), target))
 
 
 @app.command("upgrade-schema")
@@ -302,11 +307,14 @@ def _confirm_replace(target: str) -> bool:
         default=False, err=True)
 
 
-def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> None:
+def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str],
+         context: tuple = ()) -> None:
+    """Run ``action(progress)``; print its report or its error; exit with the code. ``context``
+    (command, source, target) names a failed command in its ``--json`` report."""
     from rich.console import Console
 
     from .progress import NULL_PROGRESS
-    from .report import RichProgress, render
+    from .report import RichProgress, render, summary_line
 
     err = Console(stderr=True)
     out = Console()
@@ -314,8 +322,9 @@ def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> Non
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         report = action(progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.print("Interrupted: nothing was written (the target is as it was).", markup=False)
+        _write_failure_json(json_file, context, exc, EXIT_INTERRUPTED)
         if verbose:
             raise
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -323,8 +332,10 @@ def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> Non
         if verbose:
             err.print_exception()
         err.print(f"Error: {exc.paragraph()}", markup=False, highlight=False, soft_wrap=True)
+        _write_failure_json(json_file, context, exc, exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:  # a bug or an environment problem: still one paragraph
+        _write_failure_json(json_file, context, exc, EXIT_FAILED)
         if verbose:
             err.print_exception()
         err.print(f"Error: fs2sql failed unexpectedly ({type(exc).__name__}: {exc}). Nothing was "
@@ -344,8 +355,32 @@ def _run(action, *, quiet: bool, verbose: bool, json_file: Optional[str]) -> Non
             report.write_json(json_file)
         if not quiet:
             render(report, out)
+    line = summary_line(report) if quiet or json_file == "-" else None
+    if line:  # the table is not shown: say on stderr why the exit code is not 0
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
+
+
+def _write_failure_json(json_file: Optional[str], context: tuple, exc: BaseException,
+                        exit_code: int) -> None:
+    """``--json`` gets a report on failures too: ok false, the exit code, the error's text."""
+    if not json_file or not context:
+        return
+    import json
+
+    from .report import failure_report
+    from .targets.server import display_target
+
+    command, source, target = context
+    report = failure_report(command, source or "", display_target(target or ""), exc, exit_code)
+    if json_file == "-":
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    try:
+        report.write_json(json_file)
+    except OSError as error:  # the paragraph above already explains the failure
+        typer.echo(f"(--json {json_file} could not be written: {error.strerror})", err=True)
 
 
 def _raise_interrupt(signum, frame):

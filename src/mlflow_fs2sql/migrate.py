@@ -127,13 +127,16 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
                 step.record(report)
             if not report.ok:
                 raise VerificationFailed(
-                    f"verification found {report.mismatch_count} differences between the store "
+                    f"verification found {report.mismatch_count} "
+                    f"difference{'' if report.mismatch_count == 1 else 's'} between the store "
                     f"and the new database, so it was not published. First: "
                     f"{report.mismatches[0]}",
                     hint="Please report this with --json output; your source is unchanged.")
 
         if recorder is not None:
             recorder.finish(id_plan.policy)
+        # The database builds its indexes and checks its keys: seconds, with no runs to count.
+        progress.start("Building indexes and checking keys", None)
         tgt.publish(before=verify_before_publish)
         report.start_command = tgt.start_command()
         report.start_requires = tgt.start_requires()
@@ -161,6 +164,7 @@ def verify(source, target: str, *, skip_invalid: bool = False,
     migration rewrote them, and (unless ``check_files`` is off) every file at its new place."""
     from .schema import read_target_columns
     from .targets import connect_for_reading, open_for_reading
+    from .targets.readable import check_mlflow_database
     from .verify import verify_walk
 
     started = time.perf_counter()
@@ -170,9 +174,9 @@ def verify(source, target: str, *, skip_invalid: bool = False,
     report = Report("verify", source=", ".join(roots), target=display)
     try:
         with connect_for_reading(target, engine) as conn:
+            report.revision, warnings, if_different = check_mlflow_database(conn, display, root)
+            report.warnings.extend(warnings)
             columns = read_target_columns(conn)
-            report.revision = conn.exec_driver_sql(
-                "SELECT version_num FROM alembic_version").scalar() or ""
             if columns.has_table("fs2sql_units"):  # kept by sync: its state explains changes
                 from .sync.check import verify_synced
 
@@ -203,6 +207,8 @@ def verify(source, target: str, *, skip_invalid: bool = False,
                 if artifacts_options.check_files:
                     step.check(progress)
                 step.record(report)
+            if not report.ok and if_different:  # e.g. a database MLflow only initialised
+                report.warnings.append(if_different)
     finally:
         engine.dispose()
     return _finish(report, started, progress)
@@ -211,22 +217,10 @@ def verify(source, target: str, *, skip_invalid: bool = False,
 def schema_revision_for(mlflow_version: str) -> str:
     """The Alembic revision MLflow ``mlflow_version`` needs, checked against the installed
     mlflow-skinny's migration scripts (it can only build revisions it ships)."""
-    from .releases import revision_for, table
-    from .schema import mlflow_skinny_version
+    from .releases import check_buildable, revision_for
 
     revision, release = revision_for(mlflow_version)
-    first = table()["revisions"].get(revision, {}).get("first_release")
-    installed = mlflow_skinny_version()
-
-    def key(v):
-        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
-
-    if first and key(first) > key(installed):
-        raise SchemaError(
-            f"MLflow {release} needs the schema revision {revision}, which fs2sql's "
-            f"mlflow-skinny {installed} does not ship (it first came with MLflow {first}).",
-            hint=f"Give fs2sql a newer mlflow-skinny: pipx inject fs2sql "
-            f"'mlflow-skinny=={release}' (or pip install it into fs2sql's environment).")
+    check_buildable(revision, release)
     return revision
 
 

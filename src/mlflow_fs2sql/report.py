@@ -15,6 +15,9 @@ from .model import Skipped
 from .progress import Progress
 
 JSON_SCHEMA_VERSION = 1
+# The start command names the password by this variable instead of showing it (servers.py).
+PASSWORD_VARIABLE = "MLFLOW_DB_PASSWORD"
+PASSWORD_PLACEHOLDER = "${" + PASSWORD_VARIABLE + "}"
 
 
 
@@ -60,13 +63,17 @@ class Report:
     # verify of a synced database: differences the sync state explains, by what explains them
     listed: Dict[str, List[str]] = field(default_factory=dict)
     artifacts: Optional[Dict[str, object]] = None  # --artifacts-to / --artifact-root-map
+    # Set when the command failed with an error (exit 1, 130): the paragraph, its parts, the code
+    error: Optional[Dict[str, object]] = None
 
     @property
     def ok(self) -> bool:
-        return self.mismatch_count == 0
+        return self.mismatch_count == 0 and self.error is None
 
     @property
     def exit_code(self) -> int:
+        if self.error is not None:
+            return int(self.error["exit_code"])
         if not self.ok:
             return EXIT_VERIFY_FAILED
         if self.skipped and self.command in ("migrate", "sync"):
@@ -95,7 +102,7 @@ class Report:
             "exit_code": self.exit_code,
             "schema": {"revision": self.revision, "mlflow_skinny": self.mlflow_skinny_version,
                        "opens_in": self.opens_in},
-            "kinds": [
+            "kinds": [] if self.error is not None else [  # a failed command counted nothing
                 {
                     "kind": label,
                     "table": table,
@@ -123,6 +130,8 @@ class Report:
                 "changed_rows": self.changed, "conflicts": self.conflicts,
                 "sources": self.sources}),
             "artifacts": self.artifacts,
+            "error": None if self.error is None else {
+                k: v for k, v in self.error.items() if k != "exit_code"},
         }
 
     def _changes_of(self, table: str) -> dict:
@@ -135,6 +144,44 @@ class Report:
             f.write("\n")
 
 
+def failure_report(command: str, source: str, target: str, exc: BaseException,
+                   exit_code: int) -> Report:
+    """The report of a command that stopped with an error, for ``--json``: ``ok`` false, the
+    exit code, and the error's paragraph (``message``), ``what``, ``path`` and ``hint``."""
+    from .errors import Fs2sqlError
+
+    report = Report(command, source=source, target=target)
+    if isinstance(exc, Fs2sqlError):
+        message, what, path, hint = exc.paragraph(), exc.what, exc.path, exc.hint
+    elif isinstance(exc, KeyboardInterrupt):
+        message = what = "Interrupted: nothing was written (the target is as it was)."
+        path = hint = None
+    else:
+        message = what = f"fs2sql failed unexpectedly ({type(exc).__name__}: {exc})"
+        path, hint = None, "Run again with --verbose for the traceback, and please report it."
+    report.error = {"type": type(exc).__name__, "message": message, "what": what, "path": path,
+                    "hint": hint, "exit_code": exit_code}
+    return report
+
+
+def summary_line(report: Report) -> Optional[str]:
+    """One line for stderr when the report table is not shown (``-q``, ``--json -``) but the
+    exit code says something went wrong; None when it did not."""
+    if report.mismatch_count:
+        first = f" First: {report.mismatches[0]}" if report.mismatches else ""
+        return (f"Verification FAILED: {_count(report.mismatch_count, 'difference')} between "
+                f"the store and the database (exit 3).{first}")
+    if report.exit_code and report.skipped:
+        return (f"Migrated, but --skip-invalid skipped {_count(len(report.skipped), 'entity')} "
+                "(exit 4); --json or a run without -q lists them.")
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n:,} {noun if n == 1 else plural}"
+
+
 def render(report: Report, console) -> None:
     """The final table and notes, on ``console`` (stdout)."""
     from rich.table import Table
@@ -144,7 +191,9 @@ def render(report: Report, console) -> None:
     title = {"migrate": "fs2sql migrate", "verify": "fs2sql verify"}[report.command]
     if report.dry_run:
         title += " (dry run: nothing written)"
-    table = Table(title=title, title_justify="left")
+    # The title on its own line: as the table's title Rich wraps it to the table's width.
+    console.print(title, markup=False, soft_wrap=True)
+    table = Table()
     table.add_column("Kind")
     table.add_column("Found", justify="right")
     if report.written is not None:
@@ -160,13 +209,14 @@ def render(report: Report, console) -> None:
         table.add_row(*row)
     console.print(table)
     rate = f", {report.total_rows / report.elapsed_s:,.0f} rows/s" if report.elapsed_s else ""
-    console.print(f"Source: {report.source}")
+    # Paths, URLs and commands are never wrapped (soft_wrap): they are copied whole.
+    console.print(f"Source: {report.source}", markup=False, soft_wrap=True)
     if report.target:
-        console.print(f"Target: {report.target}")
+        console.print(f"Target: {report.target}", markup=False, soft_wrap=True)
     if report.revision:
         made_by = (f" (mlflow-skinny {report.mlflow_skinny_version})"
                    if report.mlflow_skinny_version else "")
-        console.print(f"Schema: Alembic revision {report.revision}{made_by}")
+        console.print(f"Schema: Alembic revision {report.revision}{made_by}", soft_wrap=True)
     if report.opens_in and report.command == "migrate":
         console.print(f"Opens in: {report.opens_in} as it is; newer MLflow after `mlflow db "
                       "upgrade`; for an older MLflow, migrate again with --mlflow-version X.Y",
@@ -197,7 +247,7 @@ def render(report: Report, console) -> None:
                       "(all of them are in --json).", markup=False, soft_wrap=True)
     if report.command == "verify" or report.verified is not None:
         verdict = ("Verified: the database holds exactly what the store holds." if report.ok else
-                   f"Verification FAILED: {report.mismatch_count} differences.")
+                   f"Verification FAILED: {_count(report.mismatch_count, 'difference')}.")
         if report.ok and report.listed:
             verdict = ("Verified: every synced entity holds what its store holds, apart from "
                        "the differences the sync state explains (notes above; --strict fails "
@@ -206,6 +256,11 @@ def render(report: Report, console) -> None:
     if report.start_command and report.ok and not report.dry_run:
         console.print(f"Start MLflow on it: {report.start_command}", markup=False,
                       soft_wrap=True)
+        if PASSWORD_PLACEHOLDER in report.start_command:
+            console.print(f"(Put the database password, URL-encoded as in your URL, into "
+                          f"{PASSWORD_VARIABLE} first, e.g. read -rs {PASSWORD_VARIABLE} && "
+                          f"export {PASSWORD_VARIABLE}; fs2sql never shows it.)", markup=False,
+                          soft_wrap=True)
         if report.start_requires:
             console.print(f"(MLflow's environment needs the database driver: "
                           f"{report.start_requires})", markup=False, soft_wrap=True)
@@ -275,7 +330,9 @@ class RichProgress(Progress):
         self._unit = ""
         self._task = None
 
-    def start(self, description: str, total: int, unit: str = "") -> None:
+    def start(self, description: str, total: Optional[int], unit: str = "") -> None:
+        """A new phase; ``total`` None: a phase without steps to count (a pulsing bar);
+        ``unit="bytes"``: a byte count, shown as sizes and speed."""
         if unit == "bytes" or self._unit == "bytes":  # another bar: sizes and speed
             self.stop()
             self._progress = _bar(self._console, unit)
@@ -283,6 +340,9 @@ class RichProgress(Progress):
         if self._task is None:
             self._progress.start()
             self._task = self._progress.add_task(description, total=total)
+        elif total is None:  # Rich's reset() reads total=None as "keep the old total"
+            self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(description, total=None)
         else:
             self._progress.reset(self._task, total=total, description=description)
 

@@ -158,7 +158,8 @@ class Verifier:
                 extra -= 1
             if extra > 0:
                 shown = ", ".join(str(s[0] if len(s) == 1 else s) for s in strays[:5])
-                self._fail(f"table {table} has {extra} rows that are not in the source"
+                self._fail(f"table {table} has {extra} "
+                           f"{'row that is' if extra == 1 else 'rows that are'} not in the source"
                            + (f" (for {'/'.join(spec.owner)} {shown})" if shown else ""))
 
 

@@ -85,6 +85,7 @@ def locate_store(source: str) -> str:
             hint="Give the path of your mlruns folder (the one holding meta.yaml files).",
         )
     try:
+        _refuse_entity_folder(path, source)
         for candidate in (path, os.path.join(path, "mlruns")):
             if _looks_like_store(candidate):
                 return candidate
@@ -102,6 +103,45 @@ def locate_store(source: str) -> str:
         path=source,
         hint="Give the folder that MLflow wrote (usually ./mlruns, the one holding 0/meta.yaml).",
     )
+
+
+def _refuse_entity_folder(path: str, source: str) -> None:
+    """SOURCE is an experiment, run or registered-model folder of a store (its own meta.yaml
+    says so): name the folder that contains the store instead of misreading its run folders as
+    experiments. A store's root never holds a meta.yaml."""
+    meta = os.path.join(path, "meta.yaml")
+    if not os.path.isfile(meta):
+        return
+    import yaml
+
+    try:
+        with open(meta, encoding="utf-8") as f:
+            fields = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # not ours to judge here: the walk reports a damaged file where it matters
+    if not isinstance(fields, dict):
+        return
+    up = os.path.dirname
+    if "model_id" in fields and "experiment_id" in fields:  # <exp>/models/<model_id>
+        what, root = f"a logged model folder ({fields['model_id']})", up(up(up(path)))
+    elif "version" in fields and "name" in fields:  # models/<name>/version-N
+        what, root = f"a model version folder ('{fields['name']}' {fields['version']})", \
+            up(up(up(path)))
+    elif "run_id" in fields or "run_uuid" in fields:  # <exp>/<run>
+        what, root = (f"a run folder (run {fields.get('run_id') or fields.get('run_uuid')})",
+                      up(up(path)))
+    elif "experiment_id" in fields and "name" in fields:  # <exp>
+        what, root = (f"an experiment folder (experiment {fields['experiment_id']}, "
+                      f"'{fields['name']}')"), up(path)
+    elif "name" in fields and "creation_timestamp" in fields:  # models/<name>
+        what, root = f"a registered model folder ('{fields['name']}')", up(up(path))
+    else:
+        return
+    if os.path.basename(root) == TRASH:  # a deleted experiment's run
+        root = up(root)
+    raise SourceError(
+        f"is {what} inside an MLflow FileStore, not the store itself.", path=source,
+        hint=f"Give the store that contains it ({root}): fs2sql migrates a whole store.")
 
 
 def _looks_like_store(path: str) -> bool:

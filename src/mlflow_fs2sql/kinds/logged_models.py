@@ -194,6 +194,9 @@ def walk_logged_models(walk, experiment: Experiment, folder: str) -> Iterator[ob
         except InvalidSource as exc:
             yield walk.pending(exc, KIND, entry.name, entry.path) or exc
             continue
+        from .id_checks import note_ids
+
+        note_ids(walk, None, os.path.basename(entry.path))
         add_note(walk, NOTE_IDENTICAL, model.identical_metric_lines)
         add_note(walk, NOTE_COLLIDING, model.colliding_metric_lines)
         yield model

@@ -39,6 +39,7 @@ from ..errors import InvalidSource
 from ..model import Experiment, KeyValue, Unchanged
 from ..parse import field_int, field_str, is_junk, read_key_values, read_yaml_mapping
 from ..rows import TableSpec, register_builder, register_tables, target_has
+from .id_checks import note_ids
 
 TRACE_INFO_FILE = "trace_info.yaml"
 TRACE_NAME_TAG = "mlflow.traceName"
@@ -145,6 +146,7 @@ def walk_traces(walk: _walk.Walk, experiment: Experiment, folder: str):
         except InvalidSource as exc:
             yield walk.pending(exc, "trace", entry.name, entry.path) or exc
             continue
+        note_ids(walk, trace.request_id, *(a.assessment_id for a in trace.assessments))
         yield trace
 
 

@@ -54,6 +54,7 @@ from .server import (
     connection_error,
     create_schema_in_transaction,
     inspect_state,
+    mysql_grants,
 )
 
 LOAD_SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION"
@@ -129,8 +130,15 @@ class MysqlTarget(ServerTarget):
             engine.dispose()
 
     def _drop_stage(self, conn) -> None:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(self.stage)}")
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote(self.old)}")
+        # Only those that exist (and that the user can see): DROP ... IF EXISTS needs the
+        # privilege even for a database that is not there, and fs2sql_old_ is needed only
+        # for a target MLflow initialised.
+        found = set(conn.exec_driver_sql(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (%s, %s)",
+            (self.stage, self.old)).scalars())
+        for name in (self.stage, self.old):
+            if name in found:
+                conn.exec_driver_sql(f"DROP DATABASE {quote(name)}")
 
     # -- load --------------------------------------------------------------------------------
     def begin(self):
@@ -148,6 +156,7 @@ class MysqlTarget(ServerTarget):
                 "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
                 "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()").fetchone()
             self._drop_stage(self.admin)
+            name = self.stage
             try:
                 # The target's own character set and collation, as MLflow's tables would get.
                 for name in [self.stage] + ([] if self.state.empty else [self.old]):
@@ -155,13 +164,16 @@ class MysqlTarget(ServerTarget):
                         f"CREATE DATABASE {quote(name)} CHARACTER SET {charset} "
                         f"COLLATE {collation}")
             except Exception as exc:
+                moved = ("" if self.state.empty else f" (and moves the tables MLflow made in "
+                         f"the target to '{self.old}')")
                 raise TargetError(
-                    f"fs2sql builds the new tables in a staging database '{self.stage}' and "
-                    "then renames them into place in one step (MySQL cannot undo DDL), but this "
-                    f"user may not create it ({self.parsed.scrub(str(getattr(exc, 'orig', exc)))}"
-                    "). Nothing was written.", path=self.display,
-                    hint=f"GRANT ALL ON `{self.stage}`.* TO <user> (and ALL on the target "
-                    "database), then run again.") from None
+                    f"fs2sql builds the new tables in a staging database '{self.stage}'{moved} "
+                    "and then renames them into place in one step (MySQL cannot undo DDL), but "
+                    f"this user may not create '{name}' "
+                    f"({self.parsed.scrub(str(getattr(exc, 'orig', exc)))}). Nothing was "
+                    "written.", path=self.display,
+                    hint="As an administrator, grant: " + " ".join(mysql_grants(self.parsed))
+                    + " Then run again.") from None
             self._engine = self.engine(database=self.stage)
             self.conn = self._connect(self._engine)
             revision = self.requested_revision if self.state.empty else self.state.revision

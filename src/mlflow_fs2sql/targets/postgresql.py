@@ -322,7 +322,13 @@ def upgrade_widened_schema(target: str, revision: Optional[str] = None) -> tuple
                 "SELECT table_name FROM information_schema.tables "
                 "WHERE table_schema = current_schema()").scalars())
             if "alembic_version" not in tables or "experiments" not in tables:
-                raise TargetError("holds no MLflow schema to upgrade.", path=t.display)
+                held = (f"{len(tables)} other table{'' if len(tables) == 1 else 's'} "
+                        f"({', '.join(sorted(tables)[:8])})" if tables else "no tables")
+                raise TargetError(
+                    f"holds no MLflow schema to upgrade ({held}). Nothing was changed.",
+                    path=t.display, hint="upgrade-schema upgrades a database fs2sql migrated with "
+                    "--experiment-ids widen; make one with: fs2sql migrate ./mlruns URL "
+                    "--experiment-ids widen.")
             if not is_widened(conn):
                 raise TargetError(
                     "this MLflow schema was not widened by fs2sql (experiment IDs are MLflow's "

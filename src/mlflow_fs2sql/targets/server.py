@@ -116,6 +116,17 @@ def parse_server_url(target: str) -> ServerUrl:
                      secrets=secrets)
 
 
+def shell_argument(text: str) -> str:
+    """``text`` as one POSIX shell word: single-quoted, or double-quoted with the password
+    placeholder left to expand where a masked password (``***``) stood."""
+    from ..report import PASSWORD_PLACEHOLDER
+
+    if MASK not in text:
+        return "'" + text.replace("'", "'\"'\"'") + "'"
+    escaped = "".join("\\" + c if c in '"\\$`' else c for c in text)
+    return '"' + escaped.replace(MASK, PASSWORD_PLACEHOLDER) + '"'
+
+
 def _mask(text: str, secrets: Sequence[str]) -> str:
     from urllib.parse import quote_plus
 
@@ -123,6 +134,17 @@ def _mask(text: str, secrets: Sequence[str]) -> str:
         for form in {secret, quote_plus(secret), quote_plus(secret).replace("+", "%20")}:
             text = text.replace(form, MASK)
     return text
+
+
+def display_target(target: str) -> str:
+    """A target as fs2sql shows it: a server URL with its password masked, even one that does
+    not parse; a path as given."""
+    if not is_server_url(target):
+        return target
+    try:
+        return parse_server_url(target).display
+    except Exception:
+        return _mask_raw(target)
 
 
 def _mask_raw(target: str) -> str:
@@ -166,6 +188,8 @@ def connection_error(exc: BaseException, parsed: ServerUrl, what: str = "connect
             f"no {name} server answers at {where} ({message}).", path=parsed.display,
             hint="Check the host and port, and that the server is running and accepts TCP "
             "connections.")
+    if parsed.dialect == "mysql" and any(s in low for s in ("(1044", "(1142", "(1227")):
+        return _mysql_privilege_error(message, parsed, what)
     if any(s in low for s in ("password authentication failed", "access denied for user",
                               "no password supplied", "(1045", "authentication failed",
                               "role \"", "pg_hba.conf")):
@@ -194,6 +218,39 @@ def connection_error(exc: BaseException, parsed: ServerUrl, what: str = "connect
                        "Nothing was written.", path=parsed.display)
 
 
+def mysql_grants(parsed: ServerUrl) -> List[str]:
+    """The GRANTs a MySQL/MariaDB user needs: all on the target database and on the two
+    databases fs2sql makes beside it (``targets/mysql.py``: the staging database the new tables
+    are built in, and the one an MLflow-initialised target's own tables move to)."""
+    from .mysql import stage_name
+
+    user = (parsed.url.username or "<user>").replace("'", "''")
+    return [f"GRANT ALL PRIVILEGES ON `{name}`.* TO '{user}'@'%';"
+            for name in (parsed.database, stage_name(parsed.database),
+                         stage_name(parsed.database, "fs2sql_old_"))]
+
+
+def _mysql_privilege_error(message: str, parsed: ServerUrl, what: str) -> TargetError:
+    """1044 (no access to a database), 1142 (a command denied on a table), 1227: the login
+    worked, a privilege is missing."""
+    import re
+
+    denied = re.search(r"to database '([^']+)'", message)
+    where = f" on the database '{denied.group(1)}'" if denied else ""
+    return TargetError(
+        f"the server accepted the login, but the user lacks a privilege{where} it needs to "
+        f"{what} ({message}). Besides the target, fs2sql creates and drops two databases: "
+        f"{', '.join(_staging_names(parsed))}. Nothing was written.", path=parsed.display,
+        hint="As an administrator, grant: " + " ".join(mysql_grants(parsed))
+        + " Then run the same command again.")
+
+
+def _staging_names(parsed: ServerUrl) -> List[str]:
+    from .mysql import stage_name
+
+    return [stage_name(parsed.database), stage_name(parsed.database, "fs2sql_old_")]
+
+
 # -- which databases may be written ----------------------------------------------------------
 @dataclass
 class TargetState:
@@ -219,7 +276,8 @@ def inspect_state(conn, parsed: ServerUrl, requested_revision: Optional[str],
     where = parsed.display
     if "alembic_version" not in tables or "experiments" not in tables:
         raise TargetError(
-            f"the database is not empty: it has {len(tables)} tables that are not an MLflow "
+            f"the database is not empty: it has {len(tables)} "
+            f"{'table that is' if len(tables) == 1 else 'tables that are'} not an MLflow "
             f"schema ({_list(tables)}). fs2sql writes only into an empty database or one that "
             "MLflow's server initialised and nothing else wrote. Nothing was written.",
             path=where, hint="Create a new, empty database for MLflow and migrate into it.")
@@ -230,8 +288,8 @@ def inspect_state(conn, parsed: ServerUrl, requested_revision: Optional[str],
             f"the database holds an MLflow schema at Alembic revision {revision!r}, which the "
             "MLflow installed with fs2sql does not know (made by a newer MLflow?). Nothing was "
             "written.", path=where,
-            hint="Upgrade fs2sql's MLflow (pipx upgrade fs2sql), or migrate into an empty "
-            "database.")
+            hint="Migrate into an empty database, or give fs2sql the mlflow-skinny of the "
+            "MLflow that made it: pipx inject --force fs2sql 'mlflow-skinny==X.Y.Z'.")
     if requested_revision and requested_revision not in (revision, "head", "heads"):
         raise TargetError(
             f"the database already holds MLflow's schema at revision {revision}, not the "
@@ -391,9 +449,11 @@ class ServerTarget(Target):
         return driver
 
     def start_command(self) -> str:
+        """A command that works when pasted: the password (never shown) is the shell variable
+        ``$MLFLOW_DB_PASSWORD`` in double quotes, which the report says how to set."""
         rest = self.display.split("://", 1)[1]
         uri = f"{self.parsed.dialect}+{self._server_driver()}://{rest}"
-        return f"mlflow server --backend-store-uri '{uri}'"
+        return f"mlflow server --backend-store-uri {shell_argument(uri)}"
 
     def start_requires(self) -> str:
         driver = self._server_driver()

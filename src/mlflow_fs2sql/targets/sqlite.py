@@ -58,10 +58,13 @@ def describe_sqlite_file(path: str) -> str:
             if "experiments" in tables and "runs" in tables:
                 n_exp = con.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
                 n_run = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-                return f"an MLflow database with {n_exp} experiments and {n_run} runs"
+                return (f"an MLflow database with {n_exp:,} "
+                        f"experiment{'' if n_exp == 1 else 's'} and {n_run:,} "
+                        f"run{'' if n_run == 1 else 's'}")
             if not tables:
                 return "an empty SQLite database"
-            return f"an SQLite database with {len(tables)} tables that are not MLflow's"
+            return (f"an SQLite database with {len(tables)} "
+                    f"{'table that is' if len(tables) == 1 else 'tables that are'} not MLflow's")
         finally:
             con.close()
     except sqlite3.Error as exc:
@@ -261,7 +264,9 @@ def open_sqlite_readonly(target: str):
     if not os.path.isfile(path):
         raise TargetError("does not exist.", path=path, hint="Run fs2sql migrate first.")
     if describe_sqlite_file(path).startswith(("a file", "an empty file", "a damaged")):
-        raise TargetError(f"is {describe_sqlite_file(path)}.", path=path)
+        raise TargetError(f"is {describe_sqlite_file(path)}, not an MLflow database.",
+                          path=path, hint="Give the database fs2sql migrate wrote (fs2sql "
+                          "migrate ./mlruns out.db makes one).")
     return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
 
 

@@ -34,20 +34,29 @@ from pathlib import Path
 
 import pytest
 import servers
-from conftest import ORACLE_READER, query
+from conftest import query
 
 from fixtures_gen import living, views
 from fixtures_gen.build import ensure_store
 from fixtures_gen.compare import diff_dumps
 from fixtures_gen.versions import LATEST_1X, LATEST_2X, LATEST_3X
 from mlflow_fs2sql.migrate import verify
-from mlflow_fs2sql.sync import SyncOptions, sync
+from mlflow_fs2sql.sync import SyncOptions
+from mlflow_fs2sql.sync import sync as _sync
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
-# The MLflow that reads both sides and writes as the server does: it must open the schema
-# revision fs2sql makes by default (full MLflow and the oracle reader are chosen in conftest).
-READER = ORACLE_READER
+# The MLflow that writes the stores, writes as the server does and reads both sides: the newest
+# full MLflow that installs (its server and SqlAlchemyStore open only its own schema revision,
+# so every first sync here makes that release's schema, whatever mlflow-skinny fs2sql has).
+READER = LATEST_3X
+
+
+def sync(paths, target, options=None, *args, **kwargs):
+    """``sync`` with READER's schema on a first sync (later syncs keep the database's)."""
+    options = options or SyncOptions()
+    return _sync(paths, target, replace(options, mlflow_version=options.mlflow_version or READER),
+                 *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -401,9 +410,9 @@ elif moment == "committing":  # everything written, the state too, just before C
 elif moment == "first":  # the first sync (a migration), its state recorded, not published
     after(first.Recorder, "finish")
 from mlflow_fs2sql.cli import main
-sys.argv = ["fs2sql", "sync", "-q", *args]
+sys.argv = ["fs2sql", "sync", "-q", "--mlflow-version", "READER_VERSION", *args]
 main()
-"""
+""".replace("READER_VERSION", READER)
 
 
 def _kill_at(moment: str, args) -> None:

@@ -60,6 +60,13 @@ SkipOpt = Annotated[bool, typer.Option(
     "--skip-invalid", help="Skip invalid entities (and what depends on them) instead of stopping;"
     " the report lists each one. Exit code 4 when anything was skipped.")]
 
+# The default (8, ``walk.DEFAULT_IO_THREADS``) is not imported here: walk loads PyYAML.
+IoThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--io-threads", metavar="N", min=1, max=256,
+    help="Threads reading the store's files (default 8). 1 reads one file after the other. "
+    "Raise it (16-64) for stores on NFS or network disks, where each read waits for the "
+    "network; the output is the same for any N.")]
+
 
 @app.command()
 def migrate(
@@ -83,6 +90,7 @@ def migrate(
         "order for those that do not fit (old ID kept as tag fs2sql.source_experiment_id). "
         "widen (PostgreSQL): exact IDs in BIGINT columns; upgrade later with fs2sql "
         "upgrade-schema.")] = "keep",
+    io_threads: IoThreadsOpt = None,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -98,7 +106,7 @@ def migrate(
         overwrite = force or _confirm_replace(target)
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
                                  skip_invalid=skip_invalid, mlflow_version=mlflow_version,
-                                 experiment_ids=experiment_ids)
+                                 experiment_ids=experiment_ids, io_threads=io_threads)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file)
@@ -109,6 +117,7 @@ def verify(
     source: SourceArg = None,
     target: TargetArg = None,
     skip_invalid: SkipOpt = False,
+    io_threads: IoThreadsOpt = None,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -120,7 +129,7 @@ def verify(
     source, target = _source_and_target(source, target, example)
 
     _run(lambda progress: run_verify(source, target, skip_invalid=skip_invalid,
-                                     progress=progress),
+                                     io_threads=io_threads, progress=progress),
          quiet=quiet, verbose=verbose, json_file=json_file)
 
 

@@ -36,6 +36,7 @@ class MigrateOptions:
     mlflow_version: Optional[str] = None  # X.Y[.Z]: the revision that release shipped as head
     batch_rows: int = DEFAULT_BATCH_ROWS
     experiment_ids: str = "keep"  # keep | renumber | widen: IDs vs 32-bit columns (ids.py)
+    io_threads: Optional[int] = None  # threads reading files; None = walk.DEFAULT_IO_THREADS
 
 
 def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
@@ -69,7 +70,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
                 tgt.mlflow_skinny_version
             columns = tgt.columns()
         report.opens_in = describe_releases(report.revision)
-        walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
+        walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check,
+                    io_threads=options.io_threads)
         writer = Writer(tgt, columns, options.batch_rows) if conn is not None else None
         progress.start("Migrating runs" if writer else "Reading runs", walk.count_runs())
         for entity in walk:
@@ -91,7 +93,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
             if not options.verify:
                 return
             progress.start("Verifying runs", walk.count_runs())
-            check = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
+            check = Walk(root, skip_invalid=options.skip_invalid, check=columns.check,
+                         io_threads=options.io_threads)
             from .verify import verify_walk
 
             verifier = verify_walk(check, conn, columns, progress)
@@ -116,7 +119,7 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
 
 
 def verify(source: str, target: str, *, skip_invalid: bool = False,
-           progress: Progress = NULL_PROGRESS) -> Report:
+           io_threads: Optional[int] = None, progress: Progress = NULL_PROGRESS) -> Report:
     """Compare the store at ``source`` with the database ``target``; never writes."""
     from .schema import read_target_columns
     from .targets import connect_for_reading, open_for_reading
@@ -133,7 +136,8 @@ def verify(source: str, target: str, *, skip_invalid: bool = False,
                 "SELECT version_num FROM alembic_version").scalar() or ""
             id_plan = ids.plan_from_db(conn, root)  # renumbered experiments pair by source ID
             ids.record(report, id_plan)
-            walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)
+            walk = Walk(root, skip_invalid=skip_invalid, check=columns.check,
+                        io_threads=io_threads)
             progress.start("Verifying runs", walk.count_runs())
             with ids.applied(id_plan.mapping):
                 verifier = verify_walk(walk, conn, columns, progress)

@@ -52,6 +52,7 @@ from measure import (
     cold_cache_unavailable,
     drop_page_cache,
     measure,
+    read_whole_tree,
     row_counts,
 )
 from render import median, write_reports
@@ -289,6 +290,9 @@ def run_size(a, ctx: dict, tools: list, caches: list, mlruns: Path, size: dict,
         order = movers[rnd % len(movers):] + movers[:rnd % len(movers)]
         for cache in caches:
             rd = Round(label, rnd)
+            if cache == "warm" and (rnd == 0 or "cold" in caches):
+                took = read_whole_tree(mlruns)  # a warm cache, whatever ran before
+                log(f"{label}: store read into the page cache in {took:.1f} s (untimed)")
             for tool in order:
                 if tool_base(tool) == "upstream" and rnd >= upstream_rounds:
                     continue

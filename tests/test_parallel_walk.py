@@ -226,3 +226,14 @@ def test_verify_reads_back_in_batches_with_the_same_findings(damaged, tmp_path, 
         found[batch] = (report.mismatch_count, report.mismatches, report.verified)
     assert found[1][0] == 4, found[1][1]  # the changed value: one row missing, one extra
     assert found[7] == found[1] and found[200] == found[1]
+
+
+def test_the_documented_default_is_the_walks():
+    from conftest import REPO
+
+    from mlflow_fs2sql.walk import DEFAULT_IO_THREADS
+
+    result = runner.invoke(app, ["migrate", "--help"], terminal_width=200)
+    assert f"(default {DEFAULT_IO_THREADS})" in " ".join(result.output.split())
+    assert f"`--io-threads N` | threads reading the store's files (default {DEFAULT_IO_THREADS};" \
+        in (REPO / "README.md").read_text()

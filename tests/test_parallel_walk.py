@@ -220,12 +220,26 @@ def test_verify_reads_back_in_batches_with_the_same_findings(damaged, tmp_path, 
                     (_rid(77),))
     con.close()
     found = {}
-    for batch in (1, 7, 200):
+    real = verify_module.Verifier._read_back
+    for batch, rows in ((1, 20_000), (7, 20_000), (200, 20_000), (200, 30)):
         monkeypatch.setattr(verify_module, "BATCH_ENTITIES", batch)
+        monkeypatch.setattr(verify_module, "BATCH_ROWS", rows)
+        calls = []
+
+        def read_back(self, pending, calls=calls):
+            calls.append(len(pending))
+            return real(self, pending)
+
+        monkeypatch.setattr(verify_module.Verifier, "_read_back", read_back)
         report = verify(str(damaged), str(db), skip_invalid=True, io_threads=4)
-        found[batch] = (report.mismatch_count, report.mismatches, report.verified)
-    assert found[1][0] == 4, found[1][1]  # the changed value: one row missing, one extra
-    assert found[7] == found[1] and found[200] == found[1]
+        found[batch, rows] = (report.mismatch_count, report.mismatches, report.verified)
+        if rows == 30:
+            assert max(calls) < 30, calls  # long entities: fewer per batch
+        else:
+            assert max(calls) == min(batch, sum(calls)), calls
+    one = found[1, 20_000]
+    assert one[0] == 4, one[1]  # the changed value: one row missing, one extra
+    assert all(v == one for v in found.values())
 
 
 def test_the_documented_default_is_the_walks():

@@ -33,21 +33,25 @@ _SERVER_DEFAULT = ("experiments", (0,))
 
 
 # Entities whose rows are read back together: one query per table for this many (``owner IN
-# (...)``) instead of one per entity and table -- 30k runs took 210k queries before.
+# (...)``) instead of one per entity and table -- 30k runs took 210k queries before -- or fewer,
+# once they hold BATCH_ROWS rows (long runs: memory stays flat).
 BATCH_ENTITIES = 200
+BATCH_ROWS = 20_000
 
 
 class Verifier:
     def __init__(self, conn, columns: TargetColumns, max_messages: int = 1000,
-                 batch: int = BATCH_ENTITIES):
+                 batch: Optional[int] = None):
         from sqlalchemy import and_, bindparam, column, select
         from sqlalchemy import table as table_clause
 
         self.conn = conn
         self.max_messages = max_messages
-        self.batch = max(1, batch)
+        self.batch = max(1, batch or BATCH_ENTITIES)
         # (label, rows) of entities whose per-entity rows are not compared yet, in walk order
         self._pending: List[Tuple[str, object, dict]] = []
+        self._pending_rows = 0
+        self.batch_rows = BATCH_ROWS
         self.mismatches: List[str] = []
         self.mismatch_count = 0
         self.verified: Dict[str, int] = {t: 0 for t in table_order()}
@@ -91,12 +95,13 @@ class Verifier:
         owners = {o: owner_value(entity, o) for t in rows if t in self._plans
                   for o in SPECS[t].owner if SPECS[t].per_entity}
         self._pending.append((f"{kind.capitalize()} {entity_id}", owners, rows))
-        if len(self._pending) >= self.batch:
+        self._pending_rows += sum(len(r) for r in rows.values())
+        if len(self._pending) >= self.batch or self._pending_rows >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
         """Read back the rows of the pending entities (one query per table) and compare."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_rows = self._pending, [], 0
         actual = self._read_back(pending)
         for label, owners, rows in pending:
             for table, table_rows in rows.items():

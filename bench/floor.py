@@ -14,8 +14,12 @@ Metrics are de-duplicated with a set per run; ``latest_metrics`` follows MLflow'
 (run, key) the maximum over lines of ``(step, timestamp, sanitized value)``, the first logged line
 winning ties; NaN -> 0.0 with is_nan=1, +-inf -> +-1.7976931348623157e308.
 
-Usage: ``python bench/floor.py MLRUNS OUT.db --template EMPTY_SCHEMA.db`` (needs PyYAML).
-Prints one JSON line with row counts and phase timings.
+Files are read in parallel, as fs2sql reads them (``--io-threads``, default 8, the same
+default): a pool of threads reads every file of the next runs into memory (a bounded window),
+the main thread parses and inserts them in order. 1 reads them one after the other.
+
+Usage: ``python bench/floor.py MLRUNS OUT.db --template EMPTY_SCHEMA.db [--io-threads N]``
+(needs PyYAML). Prints one JSON line with row counts and phase timings.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import shutil
 import sqlite3
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
@@ -40,6 +46,8 @@ STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 SOURCE_TYPE = {1: "NOTEBOOK", 2: "JOB", 3: "PROJECT", 4: "LOCAL", 5: "UNKNOWN", 1000: "UNKNOWN"}
 RESERVED = {"tags", "datasets", "traces", "models"}
 FLUSH_ROWS = 200_000
+IO_THREADS = 8  # set by --io-threads
+AHEAD_PER_THREAD = 4
 
 SQL = {
     "experiments": "INSERT INTO experiments (experiment_id, name, artifact_location, "
@@ -94,6 +102,38 @@ def key_files(folder: str, prefix: str = ""):
                 yield prefix + e.name, e.path
 
 
+def read_run_files(run_dir: str):
+    """On an I/O thread: (meta.yaml bytes or None, {sub-folder: [(key, bytes)]}) of a run."""
+    try:
+        with open(os.path.join(run_dir, "meta.yaml"), "rb") as fh:
+            meta = fh.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None, {}
+    files = {}
+    for sub in ("tags", "params", "metrics"):
+        items = []
+        for key, path in key_files(os.path.join(run_dir, sub)):
+            with open(path, "rb") as fh:
+                items.append((key, fh.read()))
+        files[sub] = items
+    return meta, files
+
+
+def in_order(fn, items, threads: int):
+    """``fn(item)`` for each item, in order, computed ahead by ``threads`` threads (bounded)."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        window = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= threads * AHEAD_PER_THREAD:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 class Floor:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
@@ -132,15 +172,15 @@ class Floor:
                                      for k, p in key_files(os.path.join(exp_dir, "tags"))])
         with os.scandir(exp_dir) as it:
             runs = [e.name for e in it if e.name not in RESERVED and e.is_dir()]
-        for run_id in runs:
-            run_dir = os.path.join(exp_dir, run_id)
-            if os.path.isfile(os.path.join(run_dir, "meta.yaml")):
-                self.run(run_dir, run_id, eid)
+        dirs = [os.path.join(exp_dir, run_id) for run_id in runs]
+        for run_id, (meta, files) in zip(runs, in_order(read_run_files, dirs, IO_THREADS)):
+            if meta is not None:
+                self.run(meta, files, run_id, eid)
                 self.flush()
 
-    def run(self, run_dir: str, run_id: str, eid: int) -> None:
-        m = read_yaml(os.path.join(run_dir, "meta.yaml"))
-        tags = [(k, read_text(p), run_id) for k, p in key_files(os.path.join(run_dir, "tags"))]
+    def run(self, meta: bytes, files: dict, run_id: str, eid: int) -> None:
+        m = yaml.load(meta, Loader=_Loader)
+        tags = [(k, v.decode("utf-8"), run_id) for k, v in files["tags"]]
         name = m.get("run_name") or m.get("name")
         if not name:
             name = next((v for k, v, _ in tags if k == "mlflow.runName"), None)
@@ -151,15 +191,14 @@ class Floor:
                            m.get("end_time"), m.get("source_version", ""),
                            m.get("lifecycle_stage", "active"), m.get("artifact_uri"), eid,
                            m.get("deleted_time"))])
-        self.add("params", [(k, read_text(p), run_id)
-                            for k, p in key_files(os.path.join(run_dir, "params"))])
+        self.add("params", [(k, v.decode("utf-8"), run_id) for k, v in files["params"]])
         self.add("tags", tags)
         seen = {}  # de-duplication in file order (locality for the metrics PK index)
         latest = []
-        for key, path in key_files(os.path.join(run_dir, "metrics")):
+        for key, data in files["metrics"]:
             best = None  # (step, ts, value) of the winner, first logged wins ties
             best_row = None
-            for line in read_text(path).split("\n"):
+            for line in data.decode("utf-8").split("\n"):
                 f = line.split()
                 if len(f) < 2:
                     continue
@@ -237,6 +276,11 @@ def walk(f: Floor, mlruns: str) -> None:
     f.registry(os.path.join(mlruns, "models"))
 
 
+def set_io_threads(n: int) -> None:
+    global IO_THREADS
+    IO_THREADS = max(1, n)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -244,7 +288,9 @@ def main(argv=None) -> int:
     ap.add_argument("mlruns")
     ap.add_argument("out")
     ap.add_argument("--template", required=True, help="empty MLflow 3.17.2 SQLite schema")
+    ap.add_argument("--io-threads", type=int, default=IO_THREADS, help="threads reading files")
     a = ap.parse_args(argv)
+    set_io_threads(a.io_threads)
     t0 = time.perf_counter()
     if os.path.exists(a.out):
         sys.exit(f"floor: {a.out} exists")

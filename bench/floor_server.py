@@ -227,7 +227,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fk-checks", action="store_true", help="keep foreign-key checks on")
     ap.add_argument("--keep-indexes", action="store_true",
                     help="keep the secondary indexes of metrics during the load")
+    ap.add_argument("--io-threads", type=int, default=base.IO_THREADS,
+                    help="threads reading files (floor.py's)")
     a = ap.parse_args(argv)
+    base.set_io_threads(a.io_threads)
     t0 = time.perf_counter()
     scheme = a.url.split("://", 1)[0].split("+", 1)[0].lower()
     info: dict = {}

@@ -120,19 +120,24 @@ class Spec:
     """Size parameters of a generated store."""
 
     def __init__(self, runs=1000, points=1_000_000, experiments=8, params=20, tags=10,
-                 models=10, seed=0):
-        if runs < 1 or points < 0 or experiments < 1:
-            raise ValueError("need runs >= 1, points >= 0, experiments >= 1")
+                 models=10, seed=0, keys=0):
+        if runs < 1 or points < 0 or experiments < 1 or not 0 <= keys <= len(METRIC_KEYS):
+            raise ValueError("need runs >= 1, points >= 0, experiments >= 1, 0 <= keys <= 8")
         self.runs, self.points, self.experiments = runs, points, experiments
         self.params, self.tags, self.models, self.seed = params, tags, models, seed
+        # 0: 4-8 metric keys per run, runs of uneven length (the long-runs stores). N: every run
+        # has the first N keys and the same number of points, spread evenly over them (the
+        # many-runs store of a hyperparameter sweep: e.g. 3 keys x 5 steps).
+        self.keys = keys
 
     def key(self) -> str:
         return (f"r{self.runs}-p{self.points}-e{self.experiments}-pa{self.params}-t{self.tags}"
-                f"-m{self.models}-s{self.seed}-g{GENERATOR_VERSION}")
+                f"-m{self.models}-s{self.seed}" + (f"-k{self.keys}" if self.keys else "")
+                + f"-g{GENERATOR_VERSION}")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in
-                ("runs", "points", "experiments", "params", "tags", "models", "seed")}
+                ("runs", "points", "experiments", "params", "tags", "models", "seed", "keys")}
 
 
 def _dump_yaml(path: str, data: dict) -> None:
@@ -248,8 +253,11 @@ def generate(root: str, spec: Spec, collect: bool = False, artifact_root: str | 
     # ---- runs per experiment (experiment 0 gets a small share) ---------------------------
     weights = [1] + [4] * (spec.experiments - 1) if spec.experiments > 1 else [1]
     runs_per_exp = _split(spec.runs, weights)
-    run_weights = [rng.uniform(0.5, 1.5) for _ in range(spec.runs)]
-    points_per_run = _split(spec.points, run_weights)
+    if spec.keys:
+        points_per_run = _split(spec.points, [1] * spec.runs)
+    else:
+        run_weights = [rng.uniform(0.5, 1.5) for _ in range(spec.runs)]
+        points_per_run = _split(spec.points, run_weights)
     deletion_time = {}
     run_index = 0
     registrable = []  # (run_id, exp_id, artifact_uri, end)
@@ -271,9 +279,13 @@ def generate(root: str, spec: Spec, collect: bool = False, artifact_root: str | 
                       else "KILLED" if r < 0.97 else "RUNNING")
             diverge_at = rng.uniform(0.6, 0.95) if rng.random() < 0.05 else None
             # metrics
-            n_keys = 4 + rng.randint(0, len(METRIC_KEYS) - 4)
-            keys = METRIC_KEYS[:n_keys]
-            per_key = _split(points_per_run[i_run], [w for _, w in keys])
+            if spec.keys:
+                keys = METRIC_KEYS[:spec.keys]
+                per_key = _split(points_per_run[i_run], [1] * spec.keys)
+            else:
+                n_keys = 4 + rng.randint(0, len(METRIC_KEYS) - 4)
+                keys = METRIC_KEYS[:n_keys]
+                per_key = _split(points_per_run[i_run], [w for _, w in keys])
             metrics = []
             last = start
             for (key, _), n in zip(keys, per_key):
@@ -432,8 +444,10 @@ def main(argv=None) -> int:
     p.add_argument("--tags", type=int, default=10)
     p.add_argument("--models", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keys", type=int, default=0,
+                   help="metric keys per run, all runs alike (0: 4-8 keys, uneven runs)")
     a = p.parse_args(argv)
-    spec = Spec(a.runs, a.points, a.experiments, a.params, a.tags, a.models, a.seed)
+    spec = Spec(a.runs, a.points, a.experiments, a.params, a.tags, a.models, a.seed, a.keys)
     os.makedirs(a.out, exist_ok=True)
     manifest = generate(a.out, spec, artifact_root=a.artifact_root)
     with open(os.path.join(a.out, "manifest.json"), "w") as fh:

@@ -459,19 +459,15 @@ def test_unreadable_source_folder(store, tmp_path, monkeypatch):
 
 
 def test_unreadable_value_file(store, tmp_path, monkeypatch):
-    import builtins
-
-    from mlflow_fs2sql import parse
-
-    real_open = builtins.open
+    real_open = os.open
     param = run_dir(store, KILLED) / "params" / "status_param"
 
-    def fake_open(file, *args, **kwargs):
+    def fake_open(file, *args, **kwargs):  # as if root had not run the tests
         if not isinstance(file, int) and os.fspath(file) == str(param):
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(parse, "open", fake_open, raising=False)  # fs2sql's reads only
+    monkeypatch.setattr(os, "open", fake_open)
     assert_strict_failure(store, tmp_path / "o.db", f"{param}: cannot be read (Permission denied)")
     assert_skipped(store, tmp_path / "o.db", ("run", param.parent.parent.name))
 
@@ -640,16 +636,16 @@ def test_disk_full_simulated(store, tmp_path, monkeypatch, where):
 def test_ctrl_c_mid_walk_is_exit_130_and_leaves_nothing(store, tmp_path, monkeypatch):
     from mlflow_fs2sql import walk
 
-    real = walk.Walk.read_run
+    real = walk.Walk._read_run
     calls = []
 
-    def read_run(self, experiment, path, **kw):
+    def read_run(self, unit, experiment, path, **kw):  # on an I/O thread
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, experiment, path, **kw)
+        return real(self, unit, experiment, path, **kw)
 
-    monkeypatch.setattr(walk.Walk, "read_run", read_run)
+    monkeypatch.setattr(walk.Walk, "_read_run", read_run)
     before = tree_hash(store)
     result = runner.invoke(app, ["migrate", str(store), str(tmp_path / "o.db")])
     assert result.exit_code == 130
@@ -665,18 +661,18 @@ def test_files_changing_during_the_migration_are_a_warning(store, tmp_path, monk
 
     running = run_dir(store, "run-running ⏳")
     metric = running / "metrics" / "m"
-    real = walk.Walk.read_run
+    real = walk.Walk._take_run
     seen = []
 
-    def read_run(self, experiment, path, **kw):
-        if seen == [str(running)]:  # the next run after the running one was read
+    def take_run(self, unit):  # runs come in walk order, after their files were read
+        if seen == [str(running)]:  # the next run after the running one
             with open(metric, "a") as f:  # the user's training script, not fs2sql
                 f.write("1900000000000 1.0 99\n")
-        if path == str(running) or seen:
-            seen.append(path)
-        return real(self, experiment, path, **kw)
+        if unit.path == str(running) or seen:
+            seen.append(unit.path)
+        return real(self, unit)
 
-    monkeypatch.setattr(walk.Walk, "read_run", read_run)
+    monkeypatch.setattr(walk.Walk, "_take_run", take_run)
     result = cli("migrate", store, tmp_path / "o.db", "--json", "-")
     assert result.exit_code == 0
     warnings = json.loads(result.stdout)["warnings"]

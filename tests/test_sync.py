@@ -105,9 +105,9 @@ def test_a_sync_with_nothing_new_reads_nothing_and_writes_nothing(tmp_path, monk
     run_sync(src, target=db)
     before = dump(db), q(db, "SELECT * FROM fs2sql_units ORDER BY unit")
     read = []
-    real = walk.Walk.read_run
-    monkeypatch.setattr(walk.Walk, "read_run",
-                        lambda self, e, p, **kw: read.append(p) or real(self, e, p, **kw))
+    real = walk.Walk._read_run
+    monkeypatch.setattr(walk.Walk, "_read_run", lambda self, u, e, p, *a, **kw:
+                        read.append(p) or real(self, u, e, p, *a, **kw))
     report = run_sync(src, target=db)
     assert read == []  # the quick check declined every run
     assert report.changed == 0 and report.conflicts == []
@@ -133,9 +133,9 @@ def test_files_written_just_now_are_read_again_next_time(tmp_path, monkeypatch):
     run_sync(src, target=db)
     assert q(db, "SELECT value FROM tags WHERE run_uuid=? AND key='t'", RID[0]) == [("v2",)]
     read = []
-    real = walk.Walk.read_run
-    monkeypatch.setattr(walk.Walk, "read_run",
-                        lambda self, e, p, **kw: read.append(p) or real(self, e, p, **kw))
+    real = walk.Walk._read_run
+    monkeypatch.setattr(walk.Walk, "_read_run", lambda self, u, e, p, *a, **kw:
+                        read.append(p) or real(self, u, e, p, *a, **kw))
     run_sync(src, target=db)
     assert read == [str(src / "1" / RID[0])]
 

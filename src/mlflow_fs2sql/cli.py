@@ -79,6 +79,13 @@ SkipOpt = Annotated[bool, typer.Option(
     "--skip-invalid", help="Skip invalid entities (and what depends on them) instead of stopping;"
     " the report lists each one. Exit code 4 when anything was skipped.")]
 
+# The default (8, ``walk.DEFAULT_IO_THREADS``) is not imported here: walk loads PyYAML.
+IoThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--io-threads", metavar="N", min=1, max=256,
+    help="Threads reading the store's files (default 8). 1 reads one file after the other. "
+    "Raise it (16-64) for stores on NFS or network disks, where each read waits for the "
+    "network; the output is the same for any N.")]
+
 
 @app.command()
 def migrate(
@@ -106,6 +113,7 @@ def migrate(
     artifact_uris: ArtifactUrisOpt = "proxied",
     artifact_root_map: RootMapOpt = None,
     artifact_workers: WorkersOpt = 8,
+    io_threads: IoThreadsOpt = None,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -124,7 +132,7 @@ def migrate(
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
                                  skip_invalid=skip_invalid, mlflow_version=mlflow_version,
                                  experiment_ids=experiment_ids,
-                                 artifacts=artifacts)
+                                 artifacts=artifacts, io_threads=io_threads)
         return run_migrate(source, target, options, progress)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file,
@@ -147,6 +155,7 @@ def verify(
     no_artifacts: Annotated[bool, typer.Option(
         "--no-artifacts", help="With --artifacts-to/--artifact-root-map: check the rewritten "
         "URIs only, not the files behind them.")] = False,
+    io_threads: IoThreadsOpt = None,
     example: ExampleOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -167,7 +176,8 @@ def verify(
 
     def run(progress):
         return run_verify(source, target, skip_invalid=skip_invalid, progress=progress,
-                          artifacts_options=options, strict=strict)
+                          artifacts_options=options, strict=strict,
+                          io_threads=io_threads)
 
     _run(run, quiet=quiet, verbose=verbose, json_file=json_file,
          context=("verify", source, target))
@@ -202,6 +212,7 @@ def sync(
     artifact_uris: ArtifactUrisOpt = "proxied",
     artifact_root_map: RootMapOpt = None,
     artifact_workers: WorkersOpt = 8,
+    io_threads: IoThreadsOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
     json_file: JsonOpt = None,
@@ -224,7 +235,7 @@ def sync(
         options = SyncOptions(verify=verify, dry_run=dry_run, skip_invalid=skip_invalid,
                               mlflow_version=mlflow_version, experiment_ids=experiment_ids,
                               rename_conflicts=rename_conflicts, lock_timeout=lock_timeout,
-                              full=full, artifacts=artifacts)
+                              full=full, artifacts=artifacts, io_threads=io_threads)
         return run_sync(sources, target, options, progress,
                         on_wait=lambda line: err.print(line, markup=False, soft_wrap=True))
 

@@ -41,6 +41,7 @@ class MigrateOptions:
     # ``sync``'s first run into an empty target (sync/first.py): records the sync state
     recorder: Optional[object] = None
     artifacts: Optional[object] = None  # artifacts.ArtifactOptions: copy + rewrite URIs
+    io_threads: Optional[int] = None  # threads reading files; None = walk.DEFAULT_IO_THREADS
 
 
 def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
@@ -82,7 +83,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
         walk = Walk(root, skip_invalid=options.skip_invalid, check=columns.check,
                     selector=recorder.selector if recorder else None,
                     pending_window_s=recorder.pending_window_s if recorder else None,
-                    rename_conflicts=options.rename_conflicts)
+                    rename_conflicts=options.rename_conflicts,
+                    io_threads=options.io_threads)
         writer = Writer(tgt, columns, options.batch_rows) if conn is not None else None
         if recorder is not None and conn is not None:
             recorder.begin(conn, columns)
@@ -117,7 +119,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
             if not options.verify:
                 return
             progress.start("Verifying runs", walk.count_runs())
-            check = Walk(root, skip_invalid=options.skip_invalid, check=columns.check)
+            check = Walk(root, skip_invalid=options.skip_invalid, check=columns.check,
+                         io_threads=options.io_threads)
             from .verify import verify_walk
 
             verifier = verify_walk(check, conn, columns, progress)
@@ -155,8 +158,8 @@ def migrate(source: str, target: str, options: Optional[MigrateOptions] = None,
 
 
 def verify(source, target: str, *, skip_invalid: bool = False,
-           progress: Progress = NULL_PROGRESS, strict: bool = False,
-           artifacts_options=None) -> Report:
+           io_threads: Optional[int] = None, progress: Progress = NULL_PROGRESS,
+           strict: bool = False, artifacts_options=None) -> Report:
     """Compare the store at ``source`` (or, for a database ``sync`` keeps, each store of a
     list) with the database ``target``; never writes.
 
@@ -190,7 +193,8 @@ def verify(source, target: str, *, skip_invalid: bool = False,
                     hint="Verify it with the one store it was migrated from.")
             id_plan = ids.plan_from_db(conn, root)  # renumbered experiments pair by source ID
             ids.record(report, id_plan)
-            walk = Walk(root, skip_invalid=skip_invalid, check=columns.check)
+            walk = Walk(root, skip_invalid=skip_invalid, check=columns.check,
+                        io_threads=io_threads)
             progress.start("Verifying runs", walk.count_runs())
             step = artifacts.step_for(artifacts_options, root)
             with ids.applied(id_plan.mapping):

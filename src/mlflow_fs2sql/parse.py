@@ -152,6 +152,24 @@ def check_inside(path: str, kind: str = "", entity_id: str = "", *,
         _BOUNDS.check(path, kind, entity_id, last_is_dir=is_dir)
 
 
+def _read_all(fd: int) -> bytes:
+    """Everything from ``fd`` with plain ``read`` calls: two for a small file (the second sees
+    the end), where ``open().read()`` makes four or five system calls -- a third of the cost of
+    reading 750k small files, and each call is a turn of the GIL when threads read."""
+    data = os.read(fd, _CHUNK)
+    if not data:
+        return data
+    chunks = [data]
+    while True:
+        more = os.read(fd, _CHUNK)
+        if not more:
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.append(more)
+
+
+_CHUNK = 1 << 20
+
+
 def _read_fd(fd: int, path: str, kind: str, entity_id: str) -> bytes:
     """Read and close ``fd`` (opened from ``path``), noting its modification time."""
     try:
@@ -161,26 +179,28 @@ def _read_fd(fd: int, path: str, kind: str, entity_id: str) -> bytes:
                                 entity_id=entity_id)
         if _BOUNDS is not None:
             _BOUNDS.note_mtime(path, st.st_mtime_ns)
-        f = open(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
         try:
-            return f.read()
+            return _read_all(fd)
         except OSError as exc:
             raise InvalidSource(f"cannot be read ({exc.strerror or exc}).", path=path, kind=kind,
                                 entity_id=entity_id) from None
+    finally:
+        os.close(fd)
 
 
 def read_bytes(path: str, kind: str = "", entity_id: str = "", *, watch: bool = False) -> bytes:
     """The file's bytes. ``watch``: a file MLflow appends to or rewrites while logging (meta.yaml,
     metric files) -- its modification time is compared with the walk's start."""
     try:
-        with open(path, "rb") as f:
-            if watch and _BOUNDS is not None:
-                _BOUNDS.note_mtime(path, os.fstat(f.fileno()).st_mtime_ns)
-            return f.read()
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InvalidSource(
+            f"cannot be read ({exc.strerror or exc}).", path=path, kind=kind, entity_id=entity_id
+        ) from None
+    try:
+        if watch and _BOUNDS is not None:
+            _BOUNDS.note_mtime(path, os.fstat(fd).st_mtime_ns)
+        return _read_all(fd)
     except IsADirectoryError:
         raise InvalidSource(
             "is a folder where MLflow writes a file.", path=path, kind=kind, entity_id=entity_id
@@ -189,6 +209,8 @@ def read_bytes(path: str, kind: str = "", entity_id: str = "", *, watch: bool = 
         raise InvalidSource(
             f"cannot be read ({exc.strerror or exc}).", path=path, kind=kind, entity_id=entity_id
         ) from None
+    finally:
+        os.close(fd)
 
 
 def read_yaml_mapping(path: str, kind: str, entity_id: str) -> Dict[str, Any]:

@@ -2,8 +2,16 @@
 
 It reads the files itself and never imports MLflow. Order is deterministic: experiments by ID
 (active first, then ``.trash``), each followed by its runs in directory-name order. Memory holds
-one run at a time. In strict mode the first invalid entity raises ``InvalidSource``; with
-``skip_invalid`` it is recorded in ``Walk.skipped`` together with what depends on it.
+a bounded window of runs. In strict mode the first invalid entity raises ``InvalidSource``;
+with ``skip_invalid`` it is recorded in ``Walk.skipped`` together with what depends on it.
+
+Reading is parallel (``io_threads``): the files of the next runs are read and parsed by a pool
+of threads while the caller consumes the current one. A file read releases the GIL, so the
+latency of cold caches, network file systems and disks overlaps even though parsing does not.
+Each run is read by one thread into its own ``_Unit`` (what it found, what it ignored), and the
+results are taken in walk order, so entities, errors, skips and report counts are the same for
+any number of threads; everything that depends on other runs (duplicate IDs) is decided then,
+in order, on the caller's thread.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ import hashlib
 import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Set, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 from .errors import InvalidSource, SourceError
 from .model import Experiment, Run, Skipped, Unchanged
@@ -61,7 +71,22 @@ EXPERIMENT_WALKERS: Dict[str, Callable] = {}
 # store sub-folder name (e.g. the registry's "models") -> fn(walk, folder) yielding entities;
 STORE_WALKERS: Dict[str, Callable] = {}
 # fn(walk, run_dir, run_id, experiment) -> tuple of entities attached to the run (inputs, ...).
+# Called on an I/O thread with a per-run view of the walk (``_Unit``): what it records in
+# ``ignored``, ``not_migrated`` and ``notes`` is merged in walk order.
 RUN_READERS: List[Callable] = []
+
+# Threads reading files (``--io-threads``). Measured on the many-runs bench store (30k runs, 750k
+# files, 2 cores): cold caches gain up to ~16 threads, a warm cache loses nothing; see the README.
+DEFAULT_IO_THREADS = 8
+# Runs read ahead per thread: enough to keep every thread busy, few enough for flat memory.
+READ_AHEAD_PER_THREAD = 4
+# ``Walk.in_order``: units read on the caller's thread to see whether reads wait; if more than
+# WAIT_SHARE of their time (and WAIT_PER_ITEM_S each) was waiting, the next PROBE_EVERY go to
+# the threads.
+PROBE_ITEMS = 16
+PROBE_EVERY = 2048
+WAIT_SHARE = 0.5
+WAIT_PER_ITEM_S = 20e-6
 
 
 @dataclass(frozen=True)
@@ -169,8 +194,12 @@ class Walk:
         selector: Optional[Selector] = None,
         pending_window_s: Optional[float] = None,
         rename_conflicts: bool = False,
+        io_threads: Optional[int] = None,
     ):
         self.root = root
+        # 1: every file is read on the caller's thread, one after the other (as before).
+        self.io_threads = max(1, int(io_threads or DEFAULT_IO_THREADS))
+        self._pool: Optional[ThreadPoolExecutor] = None
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
         # sync: which units to read, and how recently a file may have changed for a unit that
@@ -242,6 +271,14 @@ class Walk:
         except OSError as exc:
             raise InvalidSource(f"cannot be read ({exc.strerror or exc}).", path=exp_dir.path,
                                 kind="experiment", entity_id=exp_dir.dir_name) from None
+        def candidate(entry: os.DirEntry) -> bool:
+            return entry.name != "meta.yaml" and entry.name not in EXPERIMENT_RESERVED \
+                and not is_junk(entry.name) and _is_dir(entry)
+
+        # One look into each run folder (the first read of it on a cold cache): on the threads.
+        looked = [e for e in entries if candidate(e)]
+        has_meta = dict(zip((e.name for e in looked), self.in_order(
+            lambda e: os.path.lexists(os.path.join(e.path, "meta.yaml")), looked)))
         for entry in entries:
             if entry.name == "meta.yaml":
                 continue
@@ -252,7 +289,7 @@ class Walk:
             if is_junk(entry.name) or not _is_dir(entry):
                 ignored.append(entry.path)
                 continue
-            if not os.path.lexists(os.path.join(entry.path, "meta.yaml")):
+            if not has_meta[entry.name]:
                 if not (_RUN_ID.match(entry.name) or _holds_any(entry.path, _RUN_CONTENTS)):
                     # Not a run: no meta.yaml and nothing MLflow puts in a run folder.
                     ignored.append(entry.path)
@@ -281,10 +318,17 @@ class Walk:
             self.ignored[:] = ignored
             self.not_migrated.clear()
             self.not_migrated.update(not_migrated)
+            self._close_pool()
         return total
 
     # -- the walk ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Entity]:
+        try:
+            yield from self._walk()
+        finally:
+            self._close_pool()
+
+    def _walk(self) -> Iterator[Entity]:
         self.ignored.clear()
         self.not_migrated.clear()
         self.notes.clear()
@@ -323,37 +367,7 @@ class Walk:
                 continue
             seen_ids.add(exp_dir.dir_name)
             yield experiment
-            for run_path in run_paths:
-                rid = os.path.basename(run_path)
-                plan = self.select("run", rid, run_path)
-                if plan is False:
-                    self._run_ids.setdefault(rid, run_path)
-                    yield Unchanged("run", rid, run_path)
-                    continue
-                try:
-                    run = self.read_run(experiment, run_path,
-                                        resume=plan if isinstance(plan, dict) else None)
-                except InvalidSource as exc:
-                    marker = self.pending(exc, "run", rid, run_path)
-                    if marker is not None:
-                        yield marker
-                        continue
-                    self._skip_or_raise(exc, "run", rid)
-                    continue
-                except OSError as exc:  # e.g. a folder that vanished while being read
-                    self._skip_or_raise(_unreadable(exc, run_path, "run"), "run", rid)
-                    continue
-                try:
-                    self.check(run)
-                except InvalidSource as exc:
-                    self._skip_or_raise(exc, "run", rid)
-                    continue
-                self._run_ids[run.run_uuid] = run.path
-                self.duplicate_metric_lines += run.duplicate_metric_lines
-                if run.status == "RUNNING":
-                    self.running_runs += 1
-                    self._remember_running(run.path)
-                yield run
+            yield from self._runs(experiment, run_paths)
             for sub, walker in EXPERIMENT_WALKERS.items():
                 folder = os.path.join(exp_dir.path, sub)
                 if os.path.isdir(folder):
@@ -369,6 +383,113 @@ class Walk:
             else:
                 yield from self._checked(lambda f=folder, w=walker: w(self, f), sub, folder)
         self._check_still_writing()
+
+    # -- runs, read ahead on I/O threads and taken in walk order ------------------------------
+    def _runs(self, experiment: Experiment, run_paths: List[str]) -> Iterator[Entity]:
+        for unit in self.in_order(lambda path: self._read_unit(experiment, path), run_paths):
+            entity = self._take_run(unit)
+            if entity is not None:
+                yield entity
+
+    def _read_unit(self, experiment: Experiment, run_path: str) -> "_Unit":
+        """On an I/O thread: the selector's plan, then the run's files. Touches nothing shared:
+        what the run records goes into its ``_Unit``."""
+        unit = _Unit(self, os.path.basename(run_path), run_path)
+        try:
+            plan = self.select("run", unit.unit_id, run_path)
+            if plan is False:
+                unit.unchanged = True
+                return unit
+            unit.run = self._read_run(unit, experiment, run_path,
+                                      resume=plan if isinstance(plan, dict) else None)
+        except (InvalidSource, OSError) as exc:  # OSError: e.g. a folder that vanished
+            unit.error = exc
+            return unit
+        if unit.run.status == "RUNNING":  # its files as read, to see later whether they change
+            unit.running_files = _file_states(run_path)
+        return unit
+
+    def _take_run(self, unit: "_Unit") -> Optional[Entity]:
+        """On the caller's thread, in walk order: merge what the run recorded, decide what
+        depends on the runs before it, and return the run, its marker, or None (skipped)."""
+        rid, run_path = unit.unit_id, unit.path
+        unit.merge_into(self)
+        if unit.unchanged:
+            self._run_ids.setdefault(rid, run_path)
+            return Unchanged("run", rid, run_path)
+        try:
+            run = unit.result(self._run_ids)
+        except InvalidSource as exc:
+            marker = self.pending(exc, "run", rid, run_path)
+            if marker is not None:
+                return marker
+            self._skip_or_raise(exc, "run", rid)
+            return None
+        except OSError as exc:
+            self._skip_or_raise(_unreadable(exc, run_path, "run"), "run", rid)
+            return None
+        try:
+            self.check(run)
+        except InvalidSource as exc:
+            self._skip_or_raise(exc, "run", rid)
+            return None
+        self._run_ids[run.run_uuid] = run.path
+        self.duplicate_metric_lines += run.duplicate_metric_lines
+        if run.status == "RUNNING":
+            self.running_runs += 1
+            room = 100_000 - len(self._running_files)  # cheap: few such runs
+            self._running_files.extend(unit.running_files[:max(0, room)])
+        return run
+
+    def in_order(self, fn: Callable, items: Sequence) -> Iterator:
+        """``fn(item)`` for each item, in order. Threads only where they help: a few items are
+        read on this thread first (a probe); if they spent most of their time waiting for the
+        disk or the network rather than computing, the next ``PROBE_EVERY`` items are read
+        ahead on the I/O threads, then the cache is probed again. A warm cache never pays for
+        threads (each turn of the GIL costs more than the read it waits for)."""
+        if self.io_threads == 1 or len(items) < 2:
+            for item in items:
+                yield fn(item)
+            return
+        at, n = 0, len(items)
+        while at < n:
+            end = min(n, at + PROBE_ITEMS)
+            waited = wall = 0.0
+            for item in items[at:end]:
+                w0, c0 = time.perf_counter(), time.thread_time()
+                result = fn(item)
+                took = time.perf_counter() - w0
+                wall += took
+                waited += took - (time.thread_time() - c0)
+                yield result
+            at = end
+            if at < n and waited > WAIT_SHARE * wall and waited > WAIT_PER_ITEM_S * PROBE_ITEMS:
+                end = min(n, at + PROBE_EVERY)
+                yield from self._read_ahead(fn, items[at:end])
+                at = end
+
+    def _read_ahead(self, fn: Callable, items: Sequence) -> Iterator:
+        """``fn(item)`` on the I/O threads, at most ``io_threads * READ_AHEAD_PER_THREAD``
+        results waiting, taken in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="fs2sql-io")
+        ahead = self.io_threads * READ_AHEAD_PER_THREAD
+        window: deque = deque()
+        try:
+            for item in items:
+                window.append(self._pool.submit(fn, item))
+                if len(window) >= ahead:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:  # the caller stopped early (an error): read no further
+                future.cancel()
+
+    def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _checked(self, start, sub: str, folder: str) -> Iterator[Entity]:
         """Entities of a plug-in walker, checked against the target; invalid ones skipped or
@@ -412,25 +533,6 @@ class Walk:
             yield entity
 
     # -- a store still being written ---------------------------------------------------------
-    def _remember_running(self, run_path: str) -> None:
-        """Files of a RUNNING run: re-checked at the end of the walk (cheap: few such runs)."""
-        for sub in ("", "metrics", "params", "tags"):
-            folder = os.path.join(run_path, sub)
-            try:
-                names = ["meta.yaml"] if not sub else os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if len(self._running_files) < 100_000:
-                    self._running_files.append((path, st.st_mtime_ns, st.st_size))
-            if not sub:
-                self._running_files.append((os.path.join(run_path, "metrics"), None, None))
-
     def _check_still_writing(self) -> None:
         """Warn when files changed while the walk read them (MLflow still logging)."""
         changed = set(self.bounds.modified_during) if self.bounds is not None else set()
@@ -564,6 +666,17 @@ class Walk:
     # -- runs --------------------------------------------------------------------------------
     def read_run(self, experiment: Experiment, run_path: str,
                  resume: Optional[dict] = None) -> Run:
+        """One run, read on this thread (what the walk does for each run, without threads)."""
+        unit = _Unit(self, os.path.basename(run_path), run_path)
+        try:
+            unit.run = self._read_run(unit, experiment, run_path, resume)
+        except (InvalidSource, OSError) as exc:
+            unit.error = exc
+        unit.merge_into(self)
+        return unit.result(self._run_ids)
+
+    def _read_run(self, unit: "_Unit", experiment: Experiment, run_path: str,
+                  resume: Optional[dict] = None) -> Run:
         rid = os.path.basename(run_path)
         meta_path = os.path.join(run_path, "meta.yaml")
         if run_path in self._linked_runs or self.bounds is None:
@@ -592,22 +705,20 @@ class Walk:
                 f"says experiment_id {meta.get('experiment_id')!r} but lies in experiment "
                 f"folder {experiment.experiment_id}."
             )
-        other = self._run_ids.get(rid)
-        if other is not None:
-            raise bad(f"run {rid} also exists in {other}; a run ID must be unique.")
+        unit.unique_at = meta_path  # is the ID new? Decided in walk order (``_Unit.result``)
         status = _enum(meta, "status", RUN_STATUS, "RUNNING", bad)
         source_type = _enum(meta, "source_type", SOURCE_TYPE, "UNKNOWN", bad)
         lifecycle = meta.get("lifecycle_stage") or "active"
         if not isinstance(lifecycle, str) or lifecycle not in LIFECYCLE:
             raise bad(f"field 'lifecycle_stage' is {lifecycle!r}; MLflow knows active and deleted.")
-        ignored = self.ignored
+        ignored = unit.ignored
         params = read_key_values(os.path.join(run_path, "params"), "run", rid, ignored)
         tags = read_key_values(os.path.join(run_path, "tags"), "run", rid, ignored)
         metrics, latest, duplicates, files, resumed = _read_metrics(
             os.path.join(run_path, "metrics"), rid, ignored, resume,
             complete_lines=self.selector is not None and status == "RUNNING")
         attached = tuple(a for reader in RUN_READERS
-                         for a in reader(self, run_path, rid, experiment))
+                         for a in reader(unit, run_path, rid, experiment))
         name = field_str(meta, "run_name", meta_path, "run", rid)
         if not name:
             # Before 2.0 the name lived only in the tag; both stores fall back to it.
@@ -637,6 +748,71 @@ class Walk:
             metric_files=files,
             metrics_from=resumed,
         )
+
+
+class _Unit:
+    """One run as an I/O thread read it: the run (or its error, or ``unchanged``), and what
+    reading it recorded. Plug-in readers (``RUN_READERS``) get it as their ``walk``: ``ignored``,
+    ``not_migrated`` and ``notes`` are its own, merged into the walk in walk order; any other
+    attribute is the walk's."""
+
+    def __init__(self, walk: Walk, unit_id: str, path: str):
+        self._walk = walk
+        self.unit_id = unit_id
+        self.path = path
+        self.ignored: List[str] = []
+        self.not_migrated: Dict[str, List[str]] = {}
+        self.notes: Dict[str, int] = {}
+        self.run: Optional[Run] = None
+        self.error: Optional[BaseException] = None
+        self.unchanged = False
+        self.unique_at: Optional[str] = None  # meta.yaml, once the run's ID checks passed
+        self.running_files: List[tuple] = []  # a RUNNING run's files as read (_file_states)
+
+    def __getattr__(self, name: str):
+        return getattr(self._walk, name)
+
+    def merge_into(self, walk: Walk) -> None:
+        walk.ignored.extend(self.ignored)
+        for kind, paths in self.not_migrated.items():
+            walk.not_migrated.setdefault(kind, []).extend(paths)
+        for template, n in self.notes.items():
+            walk.notes[template] = walk.notes.get(template, 0) + n
+
+    def result(self, run_ids: Dict[str, str]) -> Run:
+        """The run, or the first error a one-thread read would have raised: a run ID seen
+        before (checked right after the ID checks in meta.yaml), else what the thread met."""
+        other = run_ids.get(self.unit_id) if self.unique_at is not None else None
+        if other is not None:
+            raise InvalidSource(f"run {self.unit_id} also exists in {other}; a run ID must be "
+                                "unique.", path=self.unique_at, kind="run",
+                                entity_id=self.unit_id)
+        if self.error is not None:
+            raise self.error
+        assert self.run is not None
+        return self.run
+
+
+def _file_states(run_path: str) -> List[tuple]:
+    """(path, mtime_ns, size) of a RUNNING run's files, re-checked at the end of the walk; the
+    metrics folder itself with None: a metric file added later changes nothing else."""
+    states: List[tuple] = []
+    for sub in ("", "metrics", "params", "tags"):
+        folder = os.path.join(run_path, sub)
+        try:
+            names = ["meta.yaml"] if not sub else os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            states.append((path, st.st_mtime_ns, st.st_size))
+        if not sub:
+            states.append((os.path.join(run_path, "metrics"), None, None))
+    return states
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

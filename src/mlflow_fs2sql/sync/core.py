@@ -45,6 +45,7 @@ class SyncOptions:
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S
     full: bool = False  # read every unit, trusting no signature
     artifacts: Optional[object] = None  # artifacts.ArtifactOptions: copy + rewrite URIs
+    io_threads: Optional[int] = None  # threads reading files (walk.DEFAULT_IO_THREADS)
 
 
 def sync(sources: List[str], target: str, options: Optional[SyncOptions] = None,
@@ -113,7 +114,7 @@ def _create(live, root: str, target: str, options: SyncOptions, report: Report, 
                 mlflow_version=options.mlflow_version,
                 experiment_ids=options.experiment_ids or "keep",
                 rename_conflicts=options.rename_conflicts, recorder=recorder,
-                artifacts=options.artifacts)
+                artifacts=options.artifacts, io_threads=options.io_threads)
             try:
                 done = migrate(root, target, mopts, progress)
                 break
@@ -174,7 +175,8 @@ def _sync_one(live, root: str, options: SyncOptions, report: Report, progress,
             step.check_destination()  # SDK, bucket, DEST inside the store: refused first
         plan = read_source(root, conn, columns, skip_invalid=options.skip_invalid,
                            full=options.full, rename_conflicts=options.rename_conflicts,
-                           started=started, progress=progress, artifacts=step)
+                           started=started, progress=progress, artifacts=step,
+                           io_threads=options.io_threads)
         progress.stop()
         if plan.source is not None and plan.source.source_id in synced:
             plan.spool.close()

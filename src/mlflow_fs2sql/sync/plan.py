@@ -131,7 +131,8 @@ def evidence(root: str, limit: int = EVIDENCE) -> List[str]:
 
 
 def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
-                rename_conflicts: bool, started: float, progress, artifacts=None) -> Plan:
+                rename_conflicts: bool, started: float, progress, artifacts=None,
+                io_threads: Optional[int] = None) -> Plan:
     """Phase 1 for one source (``conn`` reads the state; nothing is written)."""
     have_state = state.exists(conn)
     source = state.identify(conn, root, evidence(root)) if have_state else None
@@ -140,7 +141,8 @@ def read_source(root: str, conn, columns, *, skip_invalid: bool, full: bool,
     conn.commit()
     selector = Selector(units, started, full)
     walk = Walk(root, skip_invalid=skip_invalid, check=columns.check, selector=selector,
-                pending_window_s=PENDING_WINDOW_S, rename_conflicts=rename_conflicts)
+                pending_window_s=PENDING_WINDOW_S, rename_conflicts=rename_conflicts,
+                io_threads=io_threads)
     plan = Plan(root, source, units, experiments, Spool(), walk)
     from .experiments import SyncTransform
 

@@ -74,7 +74,10 @@ def read_rows(conn, tables: Tables, table: str, keys: Sequence[tuple],
             where = tuple_(*pk_cols).in_(chunk)
         stmt = select(*cols).where(where)
         if for_update:
-            stmt = stmt.with_for_update()
+            # PostgreSQL: FOR NO KEY UPDATE (a sync never changes a key). FOR UPDATE would also
+            # block the foreign-key checks of the server's inserts below these rows (a tag set
+            # in the UI on a run this sync updates waits for the whole sync); MySQL ignores it.
+            stmt = stmt.with_for_update(key_share=True)
         for r in conn.execute(stmt):
             row = tuple(r)
             out[shape.key(row)] = row

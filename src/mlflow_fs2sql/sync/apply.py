@@ -3,8 +3,8 @@
 Statements are SQLAlchemy Core on lightweight table clauses of the columns the target has; only
 ``insert_ignore`` (and locking) differ by database and live in ``targets/live_*.py``. Reads by
 primary key go in chunks of ``_CHUNK`` keys; where the database can, they lock the rows read
-(``FOR UPDATE``), so that the server cannot change a row between this sync reading it and
-writing it.
+(``FOR NO KEY UPDATE`` on PostgreSQL, ``FOR UPDATE`` on MySQL), so that the server cannot
+change a row between this sync reading it and writing it.
 """
 
 from __future__ import annotations

@@ -77,13 +77,13 @@ def mlflow_uri(target: str) -> str:
     return parse_server_url(target).url.render_as_string(hide_password=False)
 
 
-def server_writes(version: str, target: str, phase: int) -> dict:
+def server_writes(version: str, target: str, phase: int, timeout: float = 600) -> dict:
     """One phase of ``server_writes.py`` on the database; what it wrote."""
     with tempfile.TemporaryDirectory(prefix="fs2sql-server-writes-") as tmp:
         out = Path(tmp) / "wrote.json"
         _script(ensure_venv(version), "server_writes.py",
                 ["--uri", mlflow_uri(target), "--phase", str(phase), "--out", str(out)],
-                Path(tmp))
+                Path(tmp), timeout=timeout)
         return json.loads(out.read_text(encoding="utf-8"))
 
 

@@ -3,7 +3,7 @@
 
 Run inside a fixture venv (full MLflow: its ``SqlAlchemyStore`` is what ``mlflow server`` runs)::
 
-    python server_writes.py --uri sqlite:////abs/x.db --phase 1|2 --out what.json
+    python server_writes.py --uri sqlite:////abs/x.db --phase 1|2|3 --out what.json
 
 The database is one ``fs2sql sync`` keeps; this is what a team does on its server between two
 syncs, through ``MlflowClient`` (the server's handlers call the same store methods). Synced
@@ -16,6 +16,8 @@ What was written is returned as JSON (``--out``), for the test to account for it
    with a version, an alias moved on a synced model, a new alias.
 2. another run in the server's experiment, a synced run renamed (the store KILLs it meanwhile:
    different fields, both kept), the new alias moved.
+3. (while a sync writes) a tag and a metric on a synced run, a new experiment; how long each
+   call took is in ``seconds``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -113,6 +116,22 @@ class ServerWrites:
             c.set_registered_model_alias("fixture-model", "server-alias", "3")
             self.wrote["aliases"]["fixture-model"] = {"server-alias": "3"}
 
+    def phase3(self) -> None:
+        c = self.client
+        seconds = self.wrote["seconds"] = {}
+        rid = self.run("run-finished ✓")
+        started = time.monotonic()
+        c.set_tag(rid, "during.sync", "yes")
+        seconds["set_tag"] = time.monotonic() - started
+        self.wrote["run_tags"][rid] = {"during.sync": "yes"}
+        started = time.monotonic()
+        c.log_metric(rid, "during_sync", 1.0, timestamp=T2 + 1, step=0)
+        seconds["log_metric"] = time.monotonic() - started
+        self.wrote["metrics"][rid] = ["during_sync"]
+        started = time.monotonic()
+        self.wrote["experiments"].append(c.create_experiment("during-sync"))
+        seconds["create_experiment"] = time.monotonic() - started
+
     def has_model(self, name: str) -> bool:
         return any(m.name == name for m in self.client.search_registered_models())
 
@@ -120,7 +139,7 @@ class ServerWrites:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--uri", required=True)
-    parser.add_argument("--phase", required=True, type=int, choices=(1, 2))
+    parser.add_argument("--phase", required=True, type=int, choices=(1, 2, 3))
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     writes = ServerWrites(args.uri)

@@ -3,8 +3,8 @@
 Statements are SQLAlchemy Core on lightweight table clauses of the columns the target has; only
 ``insert_ignore`` (and locking) differ by database and live in ``targets/live_*.py``. Reads by
 primary key go in chunks of ``_CHUNK`` keys; where the database can, they lock the rows read
-(``FOR UPDATE``), so that the server cannot change a row between this sync reading it and
-writing it.
+(``FOR NO KEY UPDATE`` on PostgreSQL, ``FOR UPDATE`` on MySQL), so that the server cannot
+change a row between this sync reading it and writing it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def read_rows(conn, tables: Tables, table: str, keys: Sequence[tuple],
             where = tuple_(*pk_cols).in_(chunk)
         stmt = select(*cols).where(where)
         if for_update:
-            stmt = stmt.with_for_update()
+            # PostgreSQL: FOR NO KEY UPDATE (a sync never changes a key). FOR UPDATE would also
+            # block the foreign-key checks of the server's inserts below these rows (a tag set
+            # in the UI on a run this sync updates waits for the whole sync); MySQL ignores it.
+            stmt = stmt.with_for_update(key_share=True)
         for r in conn.execute(stmt):
             row = tuple(r)
             out[shape.key(row)] = row

@@ -1,12 +1,13 @@
 """PostgreSQL as a live target: one transaction, row locks only, beside a running server.
 
-The sync's transaction inserts new rows and updates or deletes only rows it synced before,
-which it reads ``FOR UPDATE`` first: the server's writes to every other run go on while it runs
-(no table lock, no DDL; the migration's trick of dropping and re-creating indexes is never used
-here). Syncs of one database exclude each other -- and ``migrate`` -- by the advisory lock key
-``migrate`` uses; the holder's connection is named ``fs2sql sync <host> pid <pid> <time>``
-(``application_name``), which is what a waiting sync shows. Rows are inserted with
-``ON CONFLICT DO NOTHING``; large batches go through ``COPY`` into a temporary table first.
+The sync's transaction inserts new rows and updates or deletes only rows it synced before, which
+it reads ``FOR NO KEY UPDATE`` first (unlike ``FOR UPDATE``, that lets the server's foreign-key
+checks through: a tag set on a run being synced goes in at once). The server's writes go on
+while it runs (no table lock, no DDL; the migration's trick of dropping and re-creating indexes
+is never used here). Syncs of one database exclude each other -- and ``migrate`` -- by the
+advisory lock key ``migrate`` uses; the holder's connection is named ``fs2sql sync <host> pid
+<pid> <time>`` (``application_name``), which is what a waiting sync shows. Rows are inserted
+with ``ON CONFLICT DO NOTHING``; large batches go through ``COPY`` into a temporary table first.
 """
 
 from __future__ import annotations

@@ -129,9 +129,10 @@ def save_artifacts(conn, options) -> None:
     apply them by themselves, so that a forgotten flag never mixes layouts."""
     if options is None or not options.active:
         return
-    set_meta(conn, "artifacts", json.dumps({
-        "to": options.to, "uris": options.uris,
-        "root_maps": [f"{m.old}={m.new}" for m in options.root_maps]}))
+    value = json.dumps({"to": options.to, "uris": options.uris,
+                        "root_maps": [f"{m.old}={m.new}" for m in options.root_maps]})
+    if get_meta(conn, "artifacts") != value:  # a sync with nothing new writes nothing
+        set_meta(conn, "artifacts", value)
 
 
 def load_artifacts(conn):

@@ -53,8 +53,19 @@ class LiveTarget:
         """The connection of this sync (reads, then the write transaction)."""
         raise NotImplementedError
 
+    _engine = None
+
     def close(self) -> None:
-        raise NotImplementedError
+        """Roll back whatever is open, close the connection and its engine, quietly."""
+        try:
+            if self.conn is not None:
+                self.rollback()
+                self.conn.close()
+            if self._engine is not None:
+                self._engine.dispose()
+        except Exception:
+            pass
+        self.conn = self._engine = None
 
     # -- the lock ----------------------------------------------------------------------------
     def try_lock(self) -> bool:

@@ -53,17 +53,6 @@ class LiveMysql(LiveTarget):
         self.conn.commit()
         return bool(n)
 
-    def close(self) -> None:
-        try:
-            if self.conn is not None:
-                self.conn.rollback()
-                self.conn.close()
-            if self._engine is not None:
-                self._engine.dispose()
-        except Exception:
-            pass
-        self.conn = self._engine = None
-
     # -- the lock ----------------------------------------------------------------------------
     def _name(self) -> str:
         return f"fs2sql:{self.database}"

@@ -64,17 +64,6 @@ class LivePostgres(LiveTarget):
             "WHERE table_schema = current_schema()").scalar()
         return bool(n)
 
-    def close(self) -> None:
-        try:
-            if self.conn is not None:
-                self.conn.rollback()
-                self.conn.close()
-            if self._engine is not None:
-                self._engine.dispose()
-        except Exception:
-            pass
-        self.conn = self._engine = None
-
     # -- the lock ----------------------------------------------------------------------------
     def try_lock(self) -> bool:
         got = bool(self.connect().exec_driver_sql(f"SELECT pg_try_advisory_lock({_KEY})").scalar())

@@ -59,17 +59,6 @@ class LiveSqlite(LiveTarget):
         self.conn = self._engine.connect()
         return self.conn
 
-    def close(self) -> None:
-        try:
-            if self.conn is not None:
-                self.rollback()
-                self.conn.close()
-            if self._engine is not None:
-                self._engine.dispose()
-        except Exception:
-            pass
-        self.conn = self._engine = None
-
     # -- the lock: flock on a file beside the database -------------------------------------------
     def try_lock(self) -> bool:
         if self._lock_fd is None:

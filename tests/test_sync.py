@@ -707,3 +707,16 @@ def test_sync_verify_compares_before_committing_and_rolls_back_a_bad_write(tmp_p
     assert result.exit_code == 3, result.output
     assert "rolled back" in result.stderr
     assert (dump(db), q(db, "SELECT * FROM fs2sql_units ORDER BY unit")) == before
+
+
+def test_migrate_rename_conflicts_keeps_a_trashed_experiment_of_a_taken_name(tmp_path):
+    src = store(tmp_path / "mlruns", name="same")
+    write_files(src, {".trash/5/meta.yaml": experiment_meta("5", "same",
+                                                            lifecycle_stage="deleted")})
+    refused = runner.invoke(app, ["migrate", str(src), str(tmp_path / "a.db")])
+    assert refused.exit_code == 1 and "'same'" in refused.stderr
+    ok = runner.invoke(app, ["migrate", str(src), str(tmp_path / "b.db"), "--rename-conflicts"])
+    assert ok.exit_code == 0, ok.stderr
+    assert q(tmp_path / "b.db", "SELECT name, lifecycle_stage FROM experiments WHERE "
+             "experiment_id = 5") == [("same (deleted, from 5)", "deleted")]
+    assert "--rename-conflicts" in ok.stdout

@@ -75,6 +75,10 @@ RootMapOpt = Annotated[Optional[List[str]], typer.Option(
     "--artifact-root-map", metavar="OLD=NEW",
     help="Only rewrite: artifact URIs at or below OLD (any spelling: file://, plain, Windows, "
     "WSL, relative, %-escaped) point below NEW. For files you moved yourself. Repeatable.")]
+RenameOpt = Annotated[bool, typer.Option(
+    "--rename-conflicts", help="Keep a deleted experiment whose name an active one has, "
+    "renamed 'NAME (deleted, from ID)', instead of refusing it (MLflow's names are unique "
+    "among deleted experiments too).")]
 SkipOpt = Annotated[bool, typer.Option(
     "--skip-invalid", help="Skip invalid entities (and what depends on them) instead of stopping;"
     " the report lists each one. Exit code 4 when anything was skipped.")]
@@ -109,6 +113,7 @@ def migrate(
         "order for those that do not fit (old ID kept as tag fs2sql.source_experiment_id). "
         "widen (PostgreSQL): exact IDs in BIGINT columns; upgrade later with fs2sql "
         "upgrade-schema.")] = "keep",
+    rename_conflicts: RenameOpt = False,
     artifacts_to: ArtifactsToOpt = None,
     artifact_uris: ArtifactUrisOpt = "proxied",
     artifact_root_map: RootMapOpt = None,
@@ -132,6 +137,7 @@ def migrate(
         options = MigrateOptions(verify=verify, dry_run=dry_run, overwrite=overwrite,
                                  skip_invalid=skip_invalid, mlflow_version=mlflow_version,
                                  experiment_ids=experiment_ids,
+                                 rename_conflicts=rename_conflicts,
                                  artifacts=artifacts, io_threads=io_threads)
         return run_migrate(source, target, options, progress)
 
@@ -200,9 +206,7 @@ def sync(
     experiment_ids: Annotated[Optional[str], typer.Option(
         "--experiment-ids", metavar="keep|renumber|widen",
         help="As for migrate; later syncs keep what the first one chose unless given.")] = None,
-    rename_conflicts: Annotated[bool, typer.Option(
-        "--rename-conflicts", help="Keep a deleted experiment whose name an active one has, "
-        "renamed 'NAME (deleted, from ID)', instead of refusing it.")] = False,
+    rename_conflicts: RenameOpt = False,
     lock_timeout: Annotated[float, typer.Option(
         "--lock-timeout", metavar="SECONDS",
         help="How long to wait for another sync of the same database (then exit 5).")] = 900.0,

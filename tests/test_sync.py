@@ -232,8 +232,8 @@ def test_what_the_server_wrote_is_never_deleted_or_overwritten(tmp_path):
     server_write(db, ("INSERT INTO tags (key, value, run_uuid) VALUES ('ui', 'note', ?)", (RID[0],)),
                  ("UPDATE tags SET value='from ui' WHERE run_uuid=? AND key='t'", (RID[1],)),
                  ("INSERT INTO experiments (experiment_id, name, lifecycle_stage, "
-                  "artifact_location, creation_time, last_update_time, workspace) VALUES "
-                  "(7, 'made in the UI', 'active', 'x', 1, 1, 'default')", ()))
+                  "artifact_location, creation_time, last_update_time) VALUES "
+                  "(7, 'made in the UI', 'active', 'x', 1, 1)", ()))
     edit(src / "1" / RID[0] / "tags" / "t", "store-changed")
     report = run_sync(src, target=db)
     assert report.conflicts == []

@@ -91,16 +91,16 @@ def test_server_created_experiment_ids_never_collide(pg, tmp_path):
     target = pg.new_db()
     assert sync([str(a)], target).ok
     for name in ("ui-1", "ui-2"):  # what MLflow's create_experiment does
-        pg.query(target, "INSERT INTO experiments (name, lifecycle_stage, artifact_location, "
-                 f"workspace) VALUES ('{name}', 'active', 'x', 'default') RETURNING experiment_id")
+        pg.query(target, "INSERT INTO experiments (name, lifecycle_stage, artifact_location) "
+                 f"VALUES ('{name}', 'active', 'x') RETURNING experiment_id")
     b = store(tmp_path / "b" / "mlruns", exp="3", name="from-b")
     shutil.rmtree(b / "3" / RID[0])
     shutil.rmtree(b / "3" / RID[1])
     write_files(b, {f"3/{RID[9]}/meta.yaml": run_meta(RID[9], "3")})
     old(b)
     assert sync([str(b)], target).ok
-    new = pg.query(target, "INSERT INTO experiments (name, lifecycle_stage, artifact_location, "
-                   "workspace) VALUES ('ui-3', 'active', 'x', 'default') RETURNING experiment_id")
+    new = pg.query(target, "INSERT INTO experiments (name, lifecycle_stage, artifact_location) "
+                   "VALUES ('ui-3', 'active', 'x') RETURNING experiment_id")
     ids = [r[0] for r in pg.query(target, "SELECT experiment_id FROM experiments")]
     assert len(ids) == len(set(ids)) and new[0][0] == max(ids)
 

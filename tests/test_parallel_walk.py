@@ -32,6 +32,7 @@ from mlflow_fs2sql import (
     kinds,  # noqa: F401  (registers every entity kind)
     parse,
 )
+from mlflow_fs2sql import walk as walk_module
 from mlflow_fs2sql.cli import app
 from mlflow_fs2sql.errors import InvalidSource
 from mlflow_fs2sql.walk import Walk
@@ -97,6 +98,9 @@ def jittery_reads(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(parse, "read_bytes", read_bytes)
+    # A small store: short measuring segments, so that the walk does reach its threads.
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 2)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 12)
     return readers
 
 
@@ -251,3 +255,66 @@ def test_the_documented_default_is_the_walks():
     assert f"(default {DEFAULT_IO_THREADS})" in " ".join(result.output.split())
     assert f"`--io-threads N` | threads reading the store's files (default {DEFAULT_IO_THREADS};" \
         in (REPO / "README.md").read_text()
+
+
+def _levels(fn, n_items: int, io_threads: int = 8) -> list:
+    walk = Walk(".", io_threads=io_threads)
+    try:
+        assert list(walk.in_order(fn, list(range(n_items)))) == [fn.result(i)
+                                                                for i in range(n_items)]
+    finally:
+        walk._close_pool()
+    return walk.io_levels
+
+
+class _Waits:
+    """A read that waits for a slow device: threads overlap it."""
+
+    def __call__(self, i):
+        time.sleep(0.004)
+        return self.result(i)
+
+    @staticmethod
+    def result(i):
+        return i * 3
+
+
+class _Computes:
+    """A read that only computes under the GIL: threads cannot make it faster."""
+
+    def __call__(self, i):
+        t = time.thread_time() + 0.0015
+        x = 0
+        while time.thread_time() < t:
+            x += 1
+        return self.result(i)
+
+    @staticmethod
+    def result(i):
+        return -i
+
+
+def test_the_walk_climbs_to_more_threads_where_reads_wait(monkeypatch):
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 16)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 64)
+    levels = _levels(_Waits(), 16 * 4 + 64 + 16 * 4 + 64)
+    assert levels and all(level >= 4 for level in levels), levels
+    assert _levels(_Waits(), 400, io_threads=2) and max(_levels(_Waits(), 400, io_threads=2)) <= 2
+
+
+def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 24)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 48)
+    levels = _levels(_Computes(), 24 * 2 + 48 + 24 * 2 + 48 + 24 * 2 + 48)
+    assert len(levels) == 3, levels
+    # timing noise may tip one measurement; most must see that threads gain nothing
+    assert levels.count(1) >= 2, levels
+
+
+def test_the_ladder_of_thread_counts():
+    from mlflow_fs2sql.walk import _ladder
+
+    assert _ladder(1) == [1]
+    assert _ladder(2) == [1, 2]
+    assert _ladder(8) == [1, 2, 4, 8]
+    assert _ladder(12) == [1, 2, 4, 8, 12]

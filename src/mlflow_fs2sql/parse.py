@@ -153,21 +153,28 @@ def check_inside(path: str, kind: str = "", entity_id: str = "", *,
 
 
 def _read_all(fd: int) -> bytes:
-    """Everything from ``fd`` with plain ``read`` calls: two for a small file (the second sees
-    the end), where ``open().read()`` makes four or five system calls -- a third of the cost of
-    reading 750k small files, and each call is a turn of the GIL when threads read."""
-    data = os.read(fd, _CHUNK)
-    if not data:
+    """Everything from ``fd`` with plain ``read`` calls: one for a file under ``_CHUNK`` bytes,
+    where ``open().read()`` makes four or five system calls -- a third of the cost of reading
+    750k small files, and each call is a turn of the GIL when threads read. A read of a regular
+    file that returns fewer bytes than asked has met the end of the file (POSIX; also on NFS,
+    Lustre and FUSE file systems without direct I/O), so no second call is needed to see it.
+
+    The first read asks for ``_FIRST`` bytes: below glibc's mmap threshold (128 KiB), so its
+    buffer comes from the heap and shrinks in place. A first buffer of 1 MiB would be mapped and
+    shrunk by mremap for every file: twice the system time on the many-runs store."""
+    data = os.read(fd, _FIRST)
+    if len(data) < _FIRST:
         return data
     chunks = [data]
     while True:
         more = os.read(fd, _CHUNK)
         if not more:
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)
         chunks.append(more)
 
 
 _CHUNK = 1 << 20
+_FIRST = 1 << 16
 
 
 def _read_fd(fd: int, path: str, kind: str, entity_id: str) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -75,18 +76,26 @@ STORE_WALKERS: Dict[str, Callable] = {}
 # ``ignored``, ``not_migrated`` and ``notes`` is merged in walk order.
 RUN_READERS: List[Callable] = []
 
-# Threads reading files (``--io-threads``). Measured on the many-runs bench store (30k runs, 750k
-# files, 2 cores): cold caches gain up to ~16 threads, a warm cache loses nothing; see the README.
+# Threads reading files (``--io-threads``): the most the walk may use. How many it does use is
+# measured as it reads (``Walk.in_order``): disks differ. On the many-runs bench store (30k runs,
+# 750k files, 2 cores) after dropping the page cache, one machine kind read fastest with 8-16
+# threads, another with 2 (more threads there only cost kernel time); a warm cache reads fastest
+# on the caller's thread. See the README.
 DEFAULT_IO_THREADS = 8
-# Runs read ahead per thread: enough to keep every thread busy, few enough for flat memory.
-READ_AHEAD_PER_THREAD = 4
-# ``Walk.in_order``: units read on the caller's thread to see whether reads wait; if more than
-# WAIT_SHARE of their time (and WAIT_PER_ITEM_S each) was waiting, the next PROBE_EVERY go to
-# the threads.
-PROBE_ITEMS = 16
+# Read ahead: runs holding about READ_AHEAD_ROWS rows (points, params, tags) together, at most
+# READ_AHEAD_MAX runs: the threads keep reading while the caller writes a batch
+# (``write.DEFAULT_BATCH_ROWS``), and memory stays flat whether runs are tiny (a sweep) or long
+# (10k points each).
+READ_AHEAD_ROWS = 50_000
+READ_AHEAD_MAX = 1024
+# ``Walk.in_order`` climbs a ladder of thread counts (1 = the caller's thread, 2, 4, ... up to
+# io_threads), one segment of PROBE_ITEMS units each, as long as a step up reads at least
+# CLIMB_GAIN faster; the next PROBE_EVERY units go at the best step (the fewest threads within
+# TOLERANCE of the fastest), then it measures again: the cache may have warmed, or cooled.
+PROBE_ITEMS = 128
 PROBE_EVERY = 2048
-WAIT_SHARE = 0.5
-WAIT_PER_ITEM_S = 20e-6
+CLIMB_GAIN = 0.10
+TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,8 @@ class Walk:
         self.root = root
         # 1: every file is read on the caller's thread, one after the other (as before).
         self.io_threads = max(1, int(io_threads or DEFAULT_IO_THREADS))
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pools: Dict[int, ThreadPoolExecutor] = {}  # by number of threads
+        self.io_levels: List[int] = []  # threads chosen by each measurement (in_order)
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
         # sync: which units to read, and how recently a file may have changed for a unit that
@@ -442,53 +452,86 @@ class Walk:
         return run
 
     def in_order(self, fn: Callable, items: Sequence) -> Iterator:
-        """``fn(item)`` for each item, in order. Threads only where they help: a few items are
-        read on this thread first (a probe); if they spent most of their time waiting for the
-        disk or the network rather than computing, the next ``PROBE_EVERY`` items are read
-        ahead on the I/O threads, then the cache is probed again. A warm cache never pays for
-        threads (each turn of the GIL costs more than the read it waits for)."""
+        """``fn(item)`` for each item, in order, read by as many threads as make it fastest.
+
+        The results are taken in order whatever the number of threads. Which number is fastest
+        is measured, not guessed: a segment of items is read at each step of a ladder (the
+        caller's thread alone, then 2, 4, ... threads) while a step up is clearly faster; the
+        next ``PROBE_EVERY`` items go at the best step, then the ladder is climbed again. The
+        time of a segment is what the caller sees, its own work on the results included, so a
+        warm cache (where each turn of the GIL costs more than the read it waits for) stays on
+        one thread, and a disk that serves parallel requests no faster gets no more of them."""
         if self.io_threads == 1 or len(items) < 2:
             for item in items:
                 yield fn(item)
             return
+        ladder = _ladder(self.io_threads)
         at, n = 0, len(items)
         while at < n:
-            end = min(n, at + PROBE_ITEMS)
-            waited = wall = 0.0
-            for item in items[at:end]:
-                w0, c0 = time.perf_counter(), time.thread_time()
-                result = fn(item)
-                took = time.perf_counter() - w0
-                wall += took
-                waited += took - (time.thread_time() - c0)
-                yield result
+            per_item: Dict[int, float] = {}
+            best = 1
+            for level in ladder:
+                if at >= n:
+                    return
+                segment = items[at:at + PROBE_ITEMS]
+                t0 = time.perf_counter()
+                yield from self._at_level(fn, segment, level)
+                per_item[level] = (time.perf_counter() - t0) / len(segment)
+                at += len(segment)
+                if per_item[level] < per_item[best] * (1 - CLIMB_GAIN):
+                    best = level
+                elif level > 1:
+                    break  # a step up that does not pay: stop climbing
+            fastest = min(per_item.values())
+            best = min(level for level, t in per_item.items() if t <= fastest * (1 + TOLERANCE))
+            self.io_levels.append(best)
+            end = min(n, at + PROBE_EVERY)
+            yield from self._at_level(fn, items[at:end], best)
             at = end
-            if at < n and waited > WAIT_SHARE * wall and waited > WAIT_PER_ITEM_S * PROBE_ITEMS:
-                end = min(n, at + PROBE_EVERY)
-                yield from self._read_ahead(fn, items[at:end])
-                at = end
 
-    def _read_ahead(self, fn: Callable, items: Sequence) -> Iterator:
-        """``fn(item)`` on the I/O threads, at most ``io_threads * READ_AHEAD_PER_THREAD``
-        results waiting, taken in order."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="fs2sql-io")
-        ahead = self.io_threads * READ_AHEAD_PER_THREAD
-        window: deque = deque()
-        try:
+    def _at_level(self, fn: Callable, items: Sequence, threads: int) -> Iterator:
+        """``fn(item)`` on ``threads`` I/O threads (1: on this thread), taken in order. The
+        threads read ahead as far as ``READ_AHEAD_ROWS`` rows and ``READ_AHEAD_MAX`` items allow
+        (``_Budget``), so they go on reading while the caller writes."""
+        if threads == 1:
             for item in items:
-                window.append(self._pool.submit(fn, item))
-                if len(window) >= ahead:
-                    yield window.popleft().result()
+                yield fn(item)
+            return
+        pool = self._pools.get(threads)
+        if pool is None:
+            pool = self._pools[threads] = ThreadPoolExecutor(
+                threads, thread_name_prefix=f"fs2sql-io{threads}")
+        budget = _Budget(READ_AHEAD_ROWS)
+
+        def job(index: int, item):
+            if not budget.turn(index):
+                return None  # the caller stopped: read nothing more
+            result = fn(item)
+            budget.hold(_rows(result))
+            return result
+
+        window: deque = deque()
+
+        def take():
+            result = window.popleft().result()
+            budget.release(_rows(result))
+            return result
+
+        try:
+            for index, item in enumerate(items):
+                window.append(pool.submit(job, index, item))
+                if len(window) >= READ_AHEAD_MAX:
+                    yield take()
             while window:
-                yield window.popleft().result()
+                yield take()
         finally:
+            budget.close()
             for future in window:  # the caller stopped early (an error): read no further
                 future.cancel()
 
     def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _checked(self, start, sub: str, folder: str) -> Iterator[Entity]:
@@ -772,6 +815,12 @@ class _Unit:
     def __getattr__(self, name: str):
         return getattr(self._walk, name)
 
+    @property
+    def rows(self) -> int:
+        """How much the unit holds (its rows), for the read-ahead's budget."""
+        run = self.run
+        return 1 if run is None else 1 + len(run.metrics) + len(run.params) + len(run.tags)
+
     def merge_into(self, walk: Walk) -> None:
         walk.ignored.extend(self.ignored)
         for kind, paths in self.not_migrated.items():
@@ -813,6 +862,53 @@ def _file_states(run_path: str) -> List[tuple]:
         if not sub:
             states.append((os.path.join(run_path, "metrics"), None, None))
     return states
+
+
+class _Budget:
+    """How far I/O threads may read ahead of the caller: a thread starts its next item only
+    while the results waiting hold at most ``rows`` rows, or when that item is the one the
+    caller waits for next (so the caller never waits for a thread that waits for it)."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.held = 0
+        self.next = 0  # index of the item the caller takes next
+        self.closed = False
+        self._cond = threading.Condition()
+
+    def turn(self, index: int) -> bool:
+        with self._cond:
+            while self.held > self.rows and index != self.next and not self.closed:
+                self._cond.wait()
+            return not self.closed
+
+    def hold(self, rows: int) -> None:
+        with self._cond:
+            self.held += rows
+
+    def release(self, rows: int) -> None:
+        with self._cond:
+            self.held -= rows
+            self.next += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+def _rows(result) -> int:
+    return getattr(result, "rows", 1)  # a run's size (``_Unit.rows``); 1 for anything else
+
+
+def _ladder(most: int) -> List[int]:
+    """1, 2, 4, ... and ``most`` itself: the thread counts ``in_order`` tries."""
+    steps, k = [1], 2
+    while k < most:
+        steps.append(k)
+        k *= 2
+    return steps + [most] if most > 1 else steps
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

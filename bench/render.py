@@ -379,10 +379,12 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Python {m['python_bench_driver']} (driver), {results['venv_python']} (MLflow "
         f"{MLFLOW_VERSION} venv: upstream and floor); SQLite {m['sqlite']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}.", "",
-        f"{results['rounds']} round(s) per size, tools alternating; median wall time, peak RSS = "
-        f"max over runs of the process tree's peak resident memory; CPU = median user+sys "
-        f"time of the process tree (less sensitive to other load on the machine than wall "
-        f"time). Load average at the end: {m.get('loadavg_end', [0])[0]:.2f}.", "",
+        f"{results['rounds']} round(s) per size"
+        + (", tools alternating" if results.get("tools") else "")
+        + "; median wall time, peak RSS = max over runs of the process tree's peak resident "
+        "memory; CPU = median user+sys time of the process tree (less sensitive to other load "
+        f"on the machine than wall time). Load average at the end: "
+        f"{m.get('loadavg_end', [0])[0]:.2f}.", "",
     ]
     if results.get("servers"):
         lines += ["Servers: " + "; ".join(

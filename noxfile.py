@@ -92,6 +92,8 @@ def bench(session):
 
     Extra arguments go to bench/run.py, e.g.
     `nox -s bench -- --sizes 0.4M,1.6M --json bench.json --markdown bench.md`.
+    `--sections migrate,sync,fleet` (default migrate) adds `fs2sql sync` against migrate (no
+    change, +1% runs, the server's longest call beside a sync) and the fleet row (`--fleet N`).
     """
     # fs2sql as a user installs it for server targets: with its psycopg / PyMySQL extras
     session.install(".[postgres,mysql]")

@@ -1,5 +1,5 @@
 """Results to text: the summary per store and tool, the table (plain or Markdown), the notes
-under it, and the JSON/Markdown files."""
+under it, the sync and fleet sections, and the JSON/Markdown files."""
 
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ def extra_lines(results: dict, markdown: bool) -> list[str]:
                          if cnt.get("renumber_tags") else "")
                 out.append(f"  {size_label(size)} {tool}: row counts of the 12 tables "
                            f"match the store{extra}.")
-    out += rss_lines(results) + cache_lines(results)
+    if results.get("tools"):
+        out += rss_lines(results) + cache_lines(results)
     if results.get("schema_init_s"):
         out.append(f"Creating the empty MLflow schema (_initialize_tables) took "
                    f"{results['schema_init_s']:.1f} s (done once for the floor, which copies it; "
@@ -282,6 +283,92 @@ def server_lines(results: dict) -> list[str]:
     return out
 
 
+SYNC_STEPS = ("migrate", "first sync", "no-change sync", "+1% runs")
+
+
+def fmt_goal(row: dict) -> tuple:
+    """(goal, met) cells of a sync row: the goal as a share of the migration, and how it went."""
+    goal = row.get("goal")
+    if goal is None:
+        return "", ""
+    text = f"≈ migrate (≤ {goal:.0%})" if row["label"] == "first sync" else f"≤ {goal:.0%}"
+    over = row["vs_migrate"] - goal
+    if row["met"]:
+        return text, "yes"
+    return text, f"no: {over * 100:+.1f} points ({row['vs_migrate'] / goal:.2f}x the goal)"
+
+
+def target_name(kind: str) -> str:
+    return "SQLite" if kind == "sqlite" else SERVER_NAME[kind]
+
+
+def stall_line(name: str, kind: str, s: dict) -> str:
+    ms = lambda x: "-" if x is None else f"{x * 1000:.0f} ms"  # noqa: E731
+    line = (f"stall, {name}: longest server call {ms(s['max_s'])} (p99 {ms(s['p99_s'])}, median "
+            f"{ms(s.get('p50_s'))}), {s['calls']:,} calls, {s['errors']} errors, sync "
+            f"{s['sync_s']:.1f} s")
+    if s.get("first_error"):
+        line += f" (first error: {s['first_error'][:120]})"
+    if s.get("goal_max_s") is not None:
+        line += (f"; goal < {s['goal_max_s'] * 1000:.0f} ms and no errors: "
+                 + ("met" if s.get("met") else "MISSED"))
+    elif kind == "sqlite":
+        line += "; SQLite: the write transaction holds the database-wide lock (reported, no goal)"
+    return line
+
+
+def sync_lines(results: dict) -> list[str]:
+    """The sync section (per store and target: a table of the steps against the migration and
+    the stall lines) and the fleet line, in Markdown."""
+    out = []
+    sync = results.get("sync")
+    if sync:
+        out += ["#### fs2sql sync", "",
+                "Each step is a fresh `fs2sql ... -q` process (median of the rounds; "
+                "+1% runs: each round adds 1% more runs, then syncs). Migrate and first sync "
+                f"write MLflow {MLFLOW_VERSION}'s schema (`--mlflow-version`); servers with "
+                "`--experiment-ids renumber`. Stall: MLflow's SqlAlchemyStore logs one metric "
+                "point per call (10 ms apart) to a run it created itself, never synced, while "
+                "the sync runs.", ""]
+    for entry in (sync or {}).get("sizes", []):
+        for kind, res in entry["targets"].items():
+            out += [f"Store {entry['label']} → {target_name(kind)}:", ""]
+            if res.get("error"):
+                out += [f"- FAILED: {' '.join(res['error'].split())[-500:]}", ""]
+                continue
+            out += ["| step | median wall (min-max) | peak RSS | CPU (user+sys) | vs migrate "
+                    "| goal | met |", "|---|---:|---:|---:|---:|---|---|"]
+            for step in SYNC_STEPS:
+                row = res["rows"].get(step)
+                if not row:
+                    continue
+                goal, met = fmt_goal(row)
+                label = (f"+1% runs ({res.get('added_runs')} per round)"
+                         if step == "+1% runs" else step)
+                wall = fmt_s(row["median_wall_s"]) + fmt_range({**row, "ok_runs": row["n"]})
+                vs = f"{row['vs_migrate']:.1%}" if "vs_migrate" in row else ""
+                out.append(f"| {label} | {wall} | {fmt_mb(row['peak_rss_mb'])} | "
+                           f"{fmt_s(row['median_cpu_s'])} | {vs} | {goal} | {met} |")
+            out.append("")
+            out += [f"- {stall_line(name, kind, s)}" for name, s in res["stall"].items()]
+            out.append("")
+    f = results.get("fleet")
+    if f:
+        out += ["#### fleet (PostgreSQL)", ""]
+        if f.get("error"):
+            out.append(f"- FAILED: {' '.join(f['error'].split())[-500:]}")
+        else:
+            st = f["store"]
+            out.append(
+                f"No-change sync of one store ({st['runs']} runs / {st['points']:,} points) with "
+                f"1 store in the database: {fmt_s(f['one']['median_wall_s'])}; with "
+                f"{f['stores']} stores: {fmt_s(f['many']['median_wall_s'])} (ratio "
+                f"{f['ratio']:.2f}; goal ≤ {f['goal']:.1f}: {'met' if f['met'] else 'MISSED'}). "
+                f"Syncing the other {f['stores'] - 1} stores in took {f['fill_s']:.0f} s.")
+        out.append("")
+    return out
+
+
 def write_markdown(results: dict, path: Path) -> None:
     m = results["machine"]
     lines = [
@@ -292,17 +379,21 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Python {m['python_bench_driver']} (driver), {results['venv_python']} (MLflow "
         f"{MLFLOW_VERSION} venv: upstream and floor); SQLite {m['sqlite']}; load average at "
         f"start {m['loadavg_start'][0]:.2f}.", "",
-        f"{results['rounds']} round(s) per size, tools alternating; median wall time, peak RSS = "
-        f"max over runs of the process tree's peak resident memory; CPU = median user+sys "
-        f"time of the process tree (less sensitive to other load on the machine than wall "
-        f"time). Load average at the end: {m.get('loadavg_end', [0])[0]:.2f}.", "",
+        f"{results['rounds']} round(s) per size"
+        + (", tools alternating" if results.get("tools") else "")
+        + "; median wall time, peak RSS = max over runs of the process tree's peak resident "
+        "memory; CPU = median user+sys time of the process tree (less sensitive to other load "
+        f"on the machine than wall time). Load average at the end: "
+        f"{m.get('loadavg_end', [0])[0]:.2f}.", "",
     ]
     if results.get("servers"):
         lines += ["Servers: " + "; ".join(
             (v.get("version") or SERVER_NAME[k]) + (" (not reached)" if v.get("error") else "")
             for k, v in results["servers"].items()) + ".", ""]
-    lines += table_lines(results, markdown=True)
-    lines += [""] + [f"- {x}" for x in cli_lines(results, True) + extra_lines(results, True)]
+    if results.get("tools"):
+        lines += table_lines(results, markdown=True) + [""]
+    lines += [f"- {x}" for x in cli_lines(results, True) + extra_lines(results, True)]
+    lines += [""] + sync_lines(results)
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -313,9 +404,13 @@ def write_reports(results: dict, a, final: bool) -> None:
     summarize(results)
     if final:
         print()
-        print("\n".join(table_lines(results, markdown=False)))
+        if results.get("tools"):
+            print("\n".join(table_lines(results, markdown=False)))
         for line in cli_lines(results, False) + extra_lines(results, False):
             print(line)
+        if results.get("sync") or results.get("fleet"):
+            print()
+            print("\n".join(sync_lines(results)))
     if a.json:
         tmp = a.json.with_name(a.json.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=1))

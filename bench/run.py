@@ -3,6 +3,7 @@ SQLite and on PostgreSQL / MariaDB servers, with a warm or a cold page cache.
 
     python bench/run.py [--sizes 0.4M,1.6M,many-runs] [--rounds 3] [--cache warm,cold]
                         [--fs2sql CMD] [--skip NAME[,NAME]] [--targets sqlite,postgresql,mariadb]
+                        [--sections migrate,sync,fleet] [--fleet N]
                         [--json FILE] [--markdown FILE] ...
 
 Steps (details in bench/README.md):
@@ -17,6 +18,8 @@ Steps (details in bench/README.md):
    tree (``measure.py``; commands in ``tools.py``); ``fs2sql verify`` right after each fs2sql
    migration, on its output;
 6. ``fs2sql --help`` / ``--version`` wall time (median of 5);
+   steps 2, 5 and 6 are the ``migrate`` section; ``--sections sync,fleet`` adds (or, without
+   ``migrate``, runs only) the ``fs2sql sync`` rows and the fleet row (``syncs.py``);
 7. prints a table, optionally writes JSON and Markdown (``render.py``).
 
 Only the standard library is needed here (plus the ``psql`` / ``mariadb`` clients for server
@@ -58,6 +61,7 @@ from measure import (
 from render import median, write_reports
 from servers import SERVER_NAME, Server, ServerError, renumbered_experiments
 from stores import ensure_store, parse_count, parse_sizes, size_label
+from syncs import SECTIONS, run_sections
 from tools import (
     BASE_TOOLS,
     CACHES,
@@ -105,6 +109,12 @@ def main(argv=None) -> int:
                     " a server that does not answer is reported and left out")
     ap.add_argument("--skip", default="", help="tools to skip, comma-separated: "
                     f"{','.join(BASE_TOOLS)} (on every target) or e.g. floor@mariadb")
+    ap.add_argument("--sections", default="migrate",
+                    help="what to measure, comma-separated: migrate (fs2sql migrate vs upstream "
+                    "vs floor), sync (fs2sql sync vs migrate on each sqlite/postgresql/mariadb "
+                    "target, and the server's longest call beside a sync), fleet (no-change "
+                    "sync with 1 vs --fleet stores in one PostgreSQL database)")
+    ap.add_argument("--fleet", type=int, default=50, help="stores in the fleet section")
     ap.add_argument("--json", type=Path, help="write results as JSON")
     ap.add_argument("--markdown", type=Path, help="write a Markdown report (README-ready)")
     ap.add_argument("--no-check", action="store_true", help="skip bench/check_generator.py")
@@ -131,9 +141,19 @@ def main(argv=None) -> int:
             ap.error(f"--skip: unknown tool {name!r} (known: {', '.join(BASE_TOOLS)}, or "
                      f"{', '.join(t for t in TOOLS if '@' in t)})")
         skip.add(name)
+    sections = []
+    for name in filter(None, (s.strip().lower() for s in a.sections.split(","))):
+        if name not in SECTIONS:
+            ap.error(f"--sections: unknown section {name!r} (known: {', '.join(SECTIONS)})")
+        if name not in sections:
+            sections.append(name)
+    if not sections:
+        ap.error("--sections: nothing to run")
+    if a.fleet < 2:
+        ap.error("--fleet: at least 2 stores")
     tools = [t for t in TOOLS if tool_target(t) in targets and t not in skip
-             and tool_base(t) not in skip]
-    if not tools:
+             and tool_base(t) not in skip] if "migrate" in sections else []
+    if "migrate" in sections and not tools:
         ap.error("nothing to run")
     sizes = parse_sizes(a.sizes) if a.sizes else [dict(runs=a.runs, points=a.points)]
     caches = [c.strip() for c in a.cache.split(",") if c.strip()]
@@ -144,7 +164,7 @@ def main(argv=None) -> int:
         tools = [t for t in tools if tool_base(t) != "verify"]  # it verifies fs2sql's output
 
     ctx = {"fs2sql": shlex.split(a.fs2sql), "io_threads": a.io_threads}
-    if any(tool_base(t) == "fs2sql" for t in tools):
+    if any(tool_base(t) == "fs2sql" for t in tools) or sections != ["migrate"]:
         exe = shutil.which(ctx["fs2sql"][0])
         if not exe:
             ap.error(f"fs2sql command {ctx['fs2sql'][0]!r} not found (use --fs2sql CMD or "
@@ -154,7 +174,7 @@ def main(argv=None) -> int:
     results = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": machine_info(), "mlflow_version": MLFLOW_VERSION, "rounds": a.rounds,
-        "targets": targets, "caches": caches, "io_threads": a.io_threads,
+        "targets": targets, "sections": sections, "caches": caches, "io_threads": a.io_threads,
         "upstream_rounds": a.upstream_rounds if a.upstream_rounds is not None else a.rounds,
         "tools": {t: tool_label(t, any("@" in x for x in tools)) for t in tools}, "sizes": [],
         "measurement": ("wall: perf_counter around the process; peak RSS: max of GNU time -v "
@@ -174,7 +194,8 @@ def main(argv=None) -> int:
     log(f"outputs in {work}")
     servers: dict[str, Server] = {}
     try:
-        return run_bench(a, ctx, venv, tools, sizes, caches, results, servers, work)
+        return run_bench(a, ctx, venv, tools, sizes, caches, results, servers, work, sections,
+                         targets)
     finally:
         for srv in servers.values():
             srv.cleanup()
@@ -206,10 +227,10 @@ def setup_servers(tools: list, venv: Path, work: Path, results: dict, servers: d
 
 
 def run_bench(a, ctx: dict, venv: Path, tools: list, sizes: list, caches: list,
-              results: dict, servers: dict, work: Path) -> int:
+              results: dict, servers: dict, work: Path, sections: list, targets: list) -> int:
     tools = setup_servers(tools, venv, work, results, servers)
     results["tools"] = {t: results["tools"][t] for t in tools}
-    if not tools:
+    if not tools and sections == ["migrate"]:
         log("nothing left to run")
         return 2
     if "cold" in caches:
@@ -243,11 +264,15 @@ def run_bench(a, ctx: dict, venv: Path, tools: list, sizes: list, caches: list,
                           "now": now},
             "runs": {variant(t, c): [] for t in tools for c in caches}, "caches": caches,
         })
-    warm_up(tools, ctx, servers, work)
-    for mlruns, size in zip(stores, results["sizes"]):
-        run_size(a, ctx, tools, caches, mlruns, size, results, servers, work)
-    if any(tool_base(t) == "fs2sql" for t in tools):
-        results["cli"] = time_cli(ctx)
+    if tools:
+        warm_up(tools, ctx, servers, work)
+        for mlruns, size in zip(stores, results["sizes"]):
+            run_size(a, ctx, tools, caches, mlruns, size, results, servers, work)
+        if any(tool_base(t) == "fs2sql" for t in tools):
+            results["cli"] = time_cli(ctx)
+    if "sync" in sections or "fleet" in sections:
+        run_sections(a, ctx, venv, sections, targets, stores, results, servers, work,
+                     save=lambda: write_reports(results, a, final=False))
     if a.keep_outputs:
         for srv in servers.values():
             log(f"{srv.name}: kept databases {', '.join(srv.dbs) or '(none)'}")

@@ -7,7 +7,7 @@ Run inside a fixture venv (``envs.run_in_venv``)::
 
 It creates (or reuses) the experiment, starts a run, then logs one metric point per call until
 STOP_FILE exists, and writes {"run_id", "experiment_id", "calls", "errors", "max_s", "p99_s",
-"first_error"} to OUT_JSON. A call that fails (e.g. SQLite's "database is locked") counts as an
+"p50_s", "first_error"} to OUT_JSON. A call that fails (e.g. SQLite's "database is locked") counts as an
 error and the loop goes on, as a server would answer the next request.
 """
 
@@ -52,6 +52,7 @@ def main() -> None:
         json.dump({"run_id": rid, "experiment_id": eid, "calls": len(times), "errors": errors,
                    "max_s": times[-1] if times else None,
                    "p99_s": times[int(len(times) * 0.99)] if times else None,
+                   "p50_s": times[len(times) // 2] if times else None,
                    "first_error": first, "points": step - errors}, f)
 
 

@@ -22,6 +22,8 @@ from .base import Target
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tables whose secondary indexes are built after the load instead of row by row.
 _DEFERRED_INDEX_TABLES = ("metrics", "latest_metrics", "params", "tags")
+# KiB of SQLite page cache while the deferred indexes are built (the load itself uses 32 MiB).
+INDEX_BUILD_CACHE_KIB = 4096
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.fs2sql-(?P<pid>\d+)\.tmp$")
 
 
@@ -204,6 +206,10 @@ class SqliteTarget(Target):
     # -- finish ------------------------------------------------------------------------------
     def publish(self, before: Optional[Callable[[], None]] = None) -> None:
         try:
+            if self._deferred_indexes:
+                # Each index build sorts with up to cache_size of memory beside the page cache:
+                # a smaller cache now keeps the peak flat (the sort spills to temp files).
+                self.conn.exec_driver_sql(f"PRAGMA cache_size=-{INDEX_BUILD_CACHE_KIB}")
             for sql in self._deferred_indexes:
                 self.conn.exec_driver_sql(sql)
             self.conn.commit()

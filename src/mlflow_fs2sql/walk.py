@@ -235,7 +235,10 @@ class Walk:
         # Run folders that are links, or have no meta.yaml (both rare), as run_dirs saw them.
         self._linked_runs: Set[str] = set()
         self._runs_without_meta: Set[str] = set()
+        # Run ID -> the folder holding it (one shared string per experiment folder: 100k runs
+        # would otherwise keep 100k full paths for the whole walk).
         self._run_ids: Dict[str, str] = {}
+        self._folders: Dict[str, str] = {}
 
     # -- discovery ---------------------------------------------------------------------------
     def experiment_dirs(self) -> List[ExperimentDir]:
@@ -425,7 +428,7 @@ class Walk:
         rid, run_path = unit.unit_id, unit.path
         unit.merge_into(self)
         if unit.unchanged:
-            self._run_ids.setdefault(rid, run_path)
+            self._run_ids.setdefault(rid, self._folder_of(run_path))
             return Unchanged("run", rid, run_path)
         try:
             run = unit.result(self._run_ids)
@@ -443,13 +446,17 @@ class Walk:
         except InvalidSource as exc:
             self._skip_or_raise(exc, "run", rid)
             return None
-        self._run_ids[run.run_uuid] = run.path
+        self._run_ids[run.run_uuid] = self._folder_of(run.path)
         self.duplicate_metric_lines += run.duplicate_metric_lines
         if run.status == "RUNNING":
             self.running_runs += 1
             room = 100_000 - len(self._running_files)  # cheap: few such runs
             self._running_files.extend(unit.running_files[:max(0, room)])
         return run
+
+    def _folder_of(self, run_path: str) -> str:
+        folder = os.path.dirname(run_path)
+        return self._folders.setdefault(folder, folder)
 
     def in_order(self, fn: Callable, items: Sequence) -> Iterator:
         """``fn(item)`` for each item, in order, read by as many threads as make it fastest.
@@ -831,8 +838,9 @@ class _Unit:
     def result(self, run_ids: Dict[str, str]) -> Run:
         """The run, or the first error a one-thread read would have raised: a run ID seen
         before (checked right after the ID checks in meta.yaml), else what the thread met."""
-        other = run_ids.get(self.unit_id) if self.unique_at is not None else None
-        if other is not None:
+        folder = run_ids.get(self.unit_id) if self.unique_at is not None else None
+        if folder is not None:
+            other = os.path.join(folder, self.unit_id)
             raise InvalidSource(f"run {self.unit_id} also exists in {other}; a run ID must be "
                                 "unique.", path=self.unique_at, kind="run",
                                 entity_id=self.unit_id)

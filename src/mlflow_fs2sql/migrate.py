@@ -255,7 +255,8 @@ def _record_walk(report: Report, walk: Walk) -> None:
     if walk.running_runs:
         report.warnings.append(
             f"{walk.running_runs} runs are still RUNNING: if something is still logging to "
-            "this store, migrate again once it has finished.")
+            "this store, `fs2sql sync` brings in what it logs later (or migrate again once it "
+            "has finished).")
     report.warnings.extend(getattr(walk, "warnings", ()))  # files changed during the walk
     for renamed in getattr(walk, "renamed", ()):
         report.notes.append(f"Renamed a deleted experiment (--rename-conflicts): {renamed}.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -235,10 +236,9 @@ class Walk:
         # Run folders that are links, or have no meta.yaml (both rare), as run_dirs saw them.
         self._linked_runs: Set[str] = set()
         self._runs_without_meta: Set[str] = set()
-        # Run ID -> the folder holding it (one shared string per experiment folder: 100k runs
-        # would otherwise keep 100k full paths for the whole walk).
+        # Run ID -> the folder holding it (``_folder_of``: one shared string per experiment
+        # folder; 100k runs would otherwise keep 100k full paths for the whole walk).
         self._run_ids: Dict[str, str] = {}
-        self._folders: Dict[str, str] = {}
 
     # -- discovery ---------------------------------------------------------------------------
     def experiment_dirs(self) -> List[ExperimentDir]:
@@ -454,9 +454,9 @@ class Walk:
             self._running_files.extend(unit.running_files[:max(0, room)])
         return run
 
-    def _folder_of(self, run_path: str) -> str:
-        folder = os.path.dirname(run_path)
-        return self._folders.setdefault(folder, folder)
+    @staticmethod
+    def _folder_of(run_path: str) -> str:
+        return sys.intern(os.path.dirname(run_path))
 
     def in_order(self, fn: Callable, items: Sequence) -> Iterator:
         """``fn(item)`` for each item, in order, read by as many threads as make it fastest.

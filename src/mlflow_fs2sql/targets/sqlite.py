@@ -22,7 +22,9 @@ from .base import Target
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tables whose secondary indexes are built after the load instead of row by row.
 _DEFERRED_INDEX_TABLES = ("metrics", "latest_metrics", "params", "tags")
-# KiB of SQLite page cache while the deferred indexes are built (the load itself uses 16 MiB).
+# KiB of SQLite page cache during the load (16 MiB: as fast as 32 MiB at 1.6M points, 13.6 s,
+# with 20 MB less RSS), and while the deferred indexes are built.
+LOAD_CACHE_KIB = 16384
 INDEX_BUILD_CACHE_KIB = 4096
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.fs2sql-(?P<pid>\d+)\.tmp$")
 
@@ -167,9 +169,8 @@ class SqliteTarget(Target):
         def _bulk_load_pragmas(dbapi_conn, _record):
             # Journal and fsync off: the file is discarded unless the load completes.
             # temp_store=FILE: re-creating the indexes sorts in bounded memory, spilling to disk.
-            # cache_size 16 MiB: as fast as 32 MiB at 1.6M points (13.6 s), 20 MB less RSS.
             for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
-                           "temp_store=FILE", "cache_size=-16384", "foreign_keys=OFF"):
+                           "temp_store=FILE", f"cache_size=-{LOAD_CACHE_KIB}", "foreign_keys=OFF"):
                 dbapi_conn.execute(f"PRAGMA {pragma}")
 
         try:

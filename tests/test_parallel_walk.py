@@ -311,6 +311,57 @@ def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
     assert levels.count(1) >= 2, levels
 
 
+class _WaitsOnThreads(_Waits):
+    """A slow read that records whether it ran on the caller's thread."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.on_caller = seconds, 0
+
+    def __call__(self, i):
+        if threading.current_thread() is threading.main_thread():
+            self.on_caller += 1
+        time.sleep(self.seconds)
+        return self.result(i)
+
+
+def test_a_measuring_segment_ends_when_its_time_is_up(monkeypatch):
+    # Where one item waits long (a run's files on NFS), the one-thread step of the ladder must
+    # not read a whole segment one after the other: it stops after its time, once it has read
+    # its minimum, and the climb goes on from there.
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 64)
+    monkeypatch.setattr(walk_module, "PROBE_MIN_ITEMS", 4)
+    monkeypatch.setattr(walk_module, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 1000)
+    fn = _WaitsOnThreads(0.02)
+    levels = _levels(fn, 300)
+    assert fn.on_caller == 4  # 4 x 20 ms > 50 ms: the caller's thread read 4 items, not 64
+    assert levels == [8], levels
+
+
+def test_the_choice_carries_over_to_the_next_call_of_the_same_kind(monkeypatch):
+    # The runs of one experiment after another: measured once, not again at each experiment
+    # (each new climb starts on one thread, which is the slowest step where reads wait).
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 16)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 400)
+    walk = Walk(".", io_threads=8)
+    fn = _WaitsOnThreads(0.004)
+    try:
+        assert list(walk.in_order(fn, list(range(100)))) == [fn.result(i) for i in range(100)]
+        first = fn.on_caller
+        assert first > 0 and len(walk.io_levels) == 1 and walk.io_levels[0] >= 4, walk.io_levels
+        assert list(walk.in_order(fn, list(range(100)))) == [fn.result(i) for i in range(100)]
+        assert fn.on_caller == first and len(walk.io_levels) == 1  # read at the level chosen
+        # another kind of item (looking into folders) is measured on its own
+        assert list(walk.in_order(fn, list(range(100)), kind="look")) == \
+            [fn.result(i) for i in range(100)]
+        assert fn.on_caller > first and len(walk.io_levels) == 2
+        # after PROBE_EVERY items of a kind, it measures again
+        list(walk.in_order(fn, list(range(400))))
+        assert len(walk.io_levels) == 3, walk.io_levels
+    finally:
+        walk._close_pool()
+
+
 def test_the_ladder_of_thread_counts():
     from mlflow_fs2sql.walk import _ladder
 

@@ -93,7 +93,14 @@ READ_AHEAD_MAX = 1024
 # io_threads), one segment of PROBE_ITEMS units each, as long as a step up reads at least
 # CLIMB_GAIN faster; the next PROBE_EVERY units go at the best step (the fewest threads within
 # TOLERANCE of the fastest), then it measures again: the cache may have warmed, or cooled.
+# A segment ends early once it has taken PROBE_SECONDS and read PROBE_MIN_ITEMS units: where
+# each read waits for a network (NFS: 65 ms for one run of 25 files at 0.5 ms a request), 128
+# runs on one thread would take 8 s. The count of units until the next measurement carries over
+# from one experiment's runs to the next, so a store of many small experiments is not measured
+# again at each of them.
 PROBE_ITEMS = 128
+PROBE_MIN_ITEMS = 16
+PROBE_SECONDS = 0.5
 PROBE_EVERY = 2048
 CLIMB_GAIN = 0.10
 TOLERANCE = 0.05
@@ -211,6 +218,8 @@ class Walk:
         self.io_threads = max(1, int(io_threads or DEFAULT_IO_THREADS))
         self._pools: Dict[int, ThreadPoolExecutor] = {}  # by number of threads
         self.io_levels: List[int] = []  # threads chosen by each measurement (in_order)
+        # in_order's state by kind of item: [threads chosen, items to read so before measuring]
+        self._ladders: Dict[str, List[int]] = {}
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
         # sync: which units to read, and how recently a file may have changed for a unit that
@@ -291,7 +300,8 @@ class Walk:
         # One look into each run folder (the first read of it on a cold cache): on the threads.
         looked = [e for e in entries if candidate(e)]
         has_meta = dict(zip((e.name for e in looked), self.in_order(
-            lambda e: os.path.lexists(os.path.join(e.path, "meta.yaml")), looked)))
+            lambda e: os.path.lexists(os.path.join(e.path, "meta.yaml")), looked,
+            kind="look")))
         for entry in entries:
             if entry.name == "meta.yaml":
                 continue
@@ -352,6 +362,7 @@ class Walk:
         self._run_ids.clear()
         self.renamed.clear()
         self.duplicate_metric_lines = self.running_runs = 0
+        self._ladders.clear()  # count_runs has just read the folders: measure again
         self.bounds = set_store_root(self.root)
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
@@ -458,7 +469,7 @@ class Walk:
     def _folder_of(run_path: str) -> str:
         return sys.intern(os.path.dirname(run_path))
 
-    def in_order(self, fn: Callable, items: Sequence) -> Iterator:
+    def in_order(self, fn: Callable, items: Sequence, kind: str = "run") -> Iterator:
         """``fn(item)`` for each item, in order, read by as many threads as make it fastest.
 
         The results are taken in order whatever the number of threads. Which number is fastest
@@ -467,24 +478,34 @@ class Walk:
         next ``PROBE_EVERY`` items go at the best step, then the ladder is climbed again. The
         time of a segment is what the caller sees, its own work on the results included, so a
         warm cache (where each turn of the GIL costs more than the read it waits for) stays on
-        one thread, and a disk that serves parallel requests no faster gets no more of them."""
+        one thread, and a disk that serves parallel requests no faster gets no more of them.
+        What was chosen for a ``kind`` of item carries over to the next call (the next
+        experiment's runs) until ``PROBE_EVERY`` items of that kind have been read with it."""
         if self.io_threads == 1 or len(items) < 2:
             for item in items:
                 yield fn(item)
             return
+        state = self._ladders.setdefault(kind, [1, 0])  # threads, items left before measuring
         ladder = _ladder(self.io_threads)
         at, n = 0, len(items)
         while at < n:
+            if state[1] > 0:
+                end = min(n, at + state[1])
+                yield from self._at_level(fn, items[at:end], state[0])
+                state[1] -= end - at
+                at = end
+                continue
             per_item: Dict[int, float] = {}
             best = 1
             for level in ladder:
                 if at >= n:
                     return
-                segment = items[at:at + PROBE_ITEMS]
+                done = [0]
                 t0 = time.perf_counter()
-                yield from self._at_level(fn, segment, level)
-                per_item[level] = (time.perf_counter() - t0) / len(segment)
-                at += len(segment)
+                yield from self._at_level(fn, items[at:at + PROBE_ITEMS], level,
+                                          done=done, until=t0 + PROBE_SECONDS)
+                per_item[level] = (time.perf_counter() - t0) / done[0]
+                at += done[0]
                 if per_item[level] < per_item[best] * (1 - CLIMB_GAIN):
                     best = level
                 elif level > 1:
@@ -492,23 +513,35 @@ class Walk:
             fastest = min(per_item.values())
             best = min(level for level, t in per_item.items() if t <= fastest * (1 + TOLERANCE))
             self.io_levels.append(best)
-            end = min(n, at + PROBE_EVERY)
-            yield from self._at_level(fn, items[at:end], best)
-            at = end
+            state[:] = [best, PROBE_EVERY]
 
-    def _at_level(self, fn: Callable, items: Sequence, threads: int) -> Iterator:
+    def _at_level(self, fn: Callable, items: Sequence, threads: int,
+                  done: Optional[List[int]] = None, until: Optional[float] = None) -> Iterator:
         """``fn(item)`` on ``threads`` I/O threads (1: on this thread), taken in order. The
         threads read ahead as far as ``READ_AHEAD_ROWS`` rows and ``READ_AHEAD_MAX`` items allow
-        (``_Budget``), so they go on reading while the caller writes."""
+        (``_Budget``), so they go on reading while the caller writes. A measuring segment
+        (``until``: a ``perf_counter`` time) starts no item after that time once it has started
+        ``PROBE_MIN_ITEMS``, reads at most a few items per thread ahead so that it can stop, and
+        counts in ``done`` the items it has returned."""
+        def stop(index: int) -> bool:
+            return until is not None and index >= PROBE_MIN_ITEMS and \
+                time.perf_counter() >= until
+
         if threads == 1:
-            for item in items:
-                yield fn(item)
+            for index, item in enumerate(items):
+                if stop(index):
+                    return
+                result = fn(item)
+                if done is not None:
+                    done[0] += 1
+                yield result
             return
         pool = self._pools.get(threads)
         if pool is None:
             pool = self._pools[threads] = ThreadPoolExecutor(
                 threads, thread_name_prefix=f"fs2sql-io{threads}")
         budget = _Budget(READ_AHEAD_ROWS)
+        ahead = READ_AHEAD_MAX if until is None else 4 * threads
 
         def job(index: int, item):
             if not budget.turn(index):
@@ -522,12 +555,16 @@ class Walk:
         def take():
             result = window.popleft().result()
             budget.release(_rows(result))
+            if done is not None:
+                done[0] += 1
             return result
 
         try:
             for index, item in enumerate(items):
+                if stop(index):
+                    break
                 window.append(pool.submit(job, index, item))
-                if len(window) >= READ_AHEAD_MAX:
+                if len(window) >= ahead:
                     yield take()
             while window:
                 yield take()

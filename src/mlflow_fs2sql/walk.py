@@ -218,8 +218,7 @@ class Walk:
         self.io_threads = max(1, int(io_threads or DEFAULT_IO_THREADS))
         self._pools: Dict[int, ThreadPoolExecutor] = {}  # by number of threads
         self.io_levels: List[int] = []  # threads chosen by each measurement (in_order)
-        # in_order's state by kind of item: [threads chosen, items to read so before measuring]
-        self._ladders: Dict[str, List[int]] = {}
+        self._choices: Dict[str, _Choice] = {}  # in_order's, by kind of item
         self.skip_invalid = skip_invalid
         self.check = check or (lambda entity: None)
         # sync: which units to read, and how recently a file may have changed for a unit that
@@ -362,7 +361,7 @@ class Walk:
         self._run_ids.clear()
         self.renamed.clear()
         self.duplicate_metric_lines = self.running_runs = 0
-        self._ladders.clear()  # count_runs has just read the folders: measure again
+        self._choices.clear()  # count_runs has just read the folders: measure again
         self.bounds = set_store_root(self.root)
         seen_ids: Set[str] = set()
         for exp_dir in self.experiment_dirs():
@@ -485,14 +484,14 @@ class Walk:
             for item in items:
                 yield fn(item)
             return
-        state = self._ladders.setdefault(kind, [1, 0])  # threads, items left before measuring
+        choice = self._choices.setdefault(kind, _Choice())
         ladder = _ladder(self.io_threads)
         at, n = 0, len(items)
         while at < n:
-            if state[1] > 0:
-                end = min(n, at + state[1])
-                yield from self._at_level(fn, items[at:end], state[0])
-                state[1] -= end - at
+            if choice.left > 0:
+                end = min(n, at + choice.left)
+                yield from self._at_level(fn, items[at:end], choice.threads)
+                choice.left -= end - at
                 at = end
                 continue
             per_item: Dict[int, float] = {}
@@ -500,12 +499,14 @@ class Walk:
             for level in ladder:
                 if at >= n:
                     return
-                done = [0]
+                done = 0
                 t0 = time.perf_counter()
-                yield from self._at_level(fn, items[at:at + PROBE_ITEMS], level,
-                                          done=done, until=t0 + PROBE_SECONDS)
-                per_item[level] = (time.perf_counter() - t0) / done[0]
-                at += done[0]
+                for result in self._at_level(fn, items[at:at + PROBE_ITEMS], level,
+                                             until=t0 + PROBE_SECONDS):
+                    done += 1
+                    yield result
+                per_item[level] = (time.perf_counter() - t0) / done
+                at += done
                 if per_item[level] < per_item[best] * (1 - CLIMB_GAIN):
                     best = level
                 elif level > 1:
@@ -513,16 +514,15 @@ class Walk:
             fastest = min(per_item.values())
             best = min(level for level, t in per_item.items() if t <= fastest * (1 + TOLERANCE))
             self.io_levels.append(best)
-            state[:] = [best, PROBE_EVERY]
+            choice.threads, choice.left = best, PROBE_EVERY
 
     def _at_level(self, fn: Callable, items: Sequence, threads: int,
-                  done: Optional[List[int]] = None, until: Optional[float] = None) -> Iterator:
+                  until: Optional[float] = None) -> Iterator:
         """``fn(item)`` on ``threads`` I/O threads (1: on this thread), taken in order. The
         threads read ahead as far as ``READ_AHEAD_ROWS`` rows and ``READ_AHEAD_MAX`` items allow
         (``_Budget``), so they go on reading while the caller writes. A measuring segment
         (``until``: a ``perf_counter`` time) starts no item after that time once it has started
-        ``PROBE_MIN_ITEMS``, reads at most a few items per thread ahead so that it can stop, and
-        counts in ``done`` the items it has returned."""
+        ``PROBE_MIN_ITEMS``, and reads at most a few items per thread ahead so that it can stop."""
         def stop(index: int) -> bool:
             return until is not None and index >= PROBE_MIN_ITEMS and \
                 time.perf_counter() >= until
@@ -531,10 +531,7 @@ class Walk:
             for index, item in enumerate(items):
                 if stop(index):
                     return
-                result = fn(item)
-                if done is not None:
-                    done[0] += 1
-                yield result
+                yield fn(item)
             return
         pool = self._pools.get(threads)
         if pool is None:
@@ -555,8 +552,6 @@ class Walk:
         def take():
             result = window.popleft().result()
             budget.release(_rows(result))
-            if done is not None:
-                done[0] += 1
             return result
 
         try:
@@ -941,6 +936,14 @@ class _Budget:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+
+
+@dataclass
+class _Choice:
+    """What ``Walk.in_order`` chose for a kind of item: how many threads read it, and for how
+    many more items before it measures again."""
+    threads: int = 1
+    left: int = 0
 
 
 def _rows(result) -> int:

@@ -42,6 +42,7 @@ from .parse import (
     store_bounds,
     walk_key_files,
 )
+from .prefetch import Prefetcher
 
 TRASH = ".trash"
 REGISTRY = "models"
@@ -217,6 +218,10 @@ class Walk:
         # 1: every file is read on the caller's thread, one after the other (as before).
         self.io_threads = max(1, int(io_threads or DEFAULT_IO_THREADS))
         self._pools: Dict[int, ThreadPoolExecutor] = {}  # by number of threads
+        # A child process warming the page cache ahead of the runs (``prefetch.py``): only
+        # where the walk may read on threads at all, and not for sync, which reads few runs.
+        self.prefetch = self.io_threads > 1 and selector is None
+        self._prefetcher: Optional[Prefetcher] = None
         self.io_levels: List[int] = []  # threads chosen by each measurement (in_order)
         self._choices: Dict[str, _Choice] = {}  # in_order's, by kind of item
         self.skip_invalid = skip_invalid
@@ -409,6 +414,10 @@ class Walk:
 
     # -- runs, read ahead on I/O threads and taken in walk order ------------------------------
     def _runs(self, experiment: Experiment, run_paths: List[str]) -> Iterator[Entity]:
+        if self.prefetch and len(run_paths) > 1:
+            if self._prefetcher is None:
+                self._prefetcher = Prefetcher()
+            self._prefetcher.feed(run_paths)
         for unit in self.in_order(lambda path: self._read_unit(experiment, path), run_paths):
             entity = self._take_run(unit)
             if entity is not None:
@@ -569,6 +578,9 @@ class Walk:
                 future.cancel()
 
     def _close_pool(self) -> None:
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.close()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,146 @@
+"""The page-cache warmer (``prefetch.py``): a child process that reads ahead and changes nothing.
+
+What the walk yields is covered by ``test_parallel_walk.py`` (its threaded walks run with the
+warmer). Here: the child ends, never blocks on a FIFO or follows a link, tells cached files from
+cold ones, thins out on a warm cache, and the walk starts it only where it may help.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import experiment_meta, run_meta, write_files
+
+from mlflow_fs2sql import prefetch
+from mlflow_fs2sql import walk as walk_module
+from mlflow_fs2sql.walk import Walk
+
+
+def _store(tmp_path: Path, runs: int = 6) -> Path:
+    store = tmp_path / "mlruns"
+    files = {"1/meta.yaml": experiment_meta("1", "e")}
+    for i in range(runs):
+        rid = f"{i:032x}"
+        files[f"1/{rid}/meta.yaml"] = run_meta(rid, "1", run_name=f"r{i}", status=3)
+        files[f"1/{rid}/params/lr"] = str(i)
+    write_files(store, files)
+    return store
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_the_child_reads_what_it_is_sent_and_ends_without_blocking_on_a_fifo(tmp_path):
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    (run / "meta.yaml").write_text("run_id: x\n")
+    (run / "metrics" / "loss").write_bytes(b"1 0.5 0\n" * 100_000)  # > one read of CHUNK
+    os.mkfifo(run / "tags")  # opening it for reading would wait for a writer forever
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.mkfifo(outside / "pipe")
+    os.symlink(outside / "pipe", run / "params")  # a link is never followed
+    os.symlink(outside, run / "linked")
+    done = subprocess.run([sys.executable, "-m", "mlflow_fs2sql.prefetch", "2"],
+                          input=os.fsencode(str(run)) + b"\0" + b"/no/such/folder\0",
+                          timeout=60)
+    assert done.returncode == 0
+
+
+@pytest.mark.skipif(not prefetch._NOWAIT, reason="needs preadv with RWF_NOWAIT (Linux)")
+def test_a_file_dropped_from_the_cache_reads_as_cold_once(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    buf = bytearray(prefetch.CHUNK)
+    first = prefetch._read(str(path), buf)
+    if not first:
+        pytest.skip("this file system keeps the pages despite POSIX_FADV_DONTNEED")
+    assert prefetch._read(str(path), buf) is False  # the first read brought it in
+
+
+def test_on_a_warm_cache_the_child_reads_only_samples_until_one_is_cold():
+    sampler = prefetch._Sampler()
+    wanted = []
+    for i in range(200):
+        want = sampler.wanted(i)
+        wanted.append(want)
+        if want:
+            sampler.saw(cold=(i == 96))
+    streak = prefetch.WARM_STREAK
+    assert all(wanted[:streak])
+    # after the streak only every SAMPLE_EVERY-th folder, until folder 96 was cold ...
+    assert [i for i in range(streak, 97) if wanted[i]] == \
+        [i for i in range(streak, 97) if i % prefetch.SAMPLE_EVERY == 0]
+    # ... then every folder again, for a new streak
+    assert all(wanted[97:97 + streak])
+
+
+class _Recorder:
+    made = []
+
+    def __init__(self):
+        self.fed, self.closed = [], False
+        _Recorder.made.append(self)
+
+    def feed(self, folders):
+        self.fed.extend(folders)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    _Recorder.made = []
+    monkeypatch.setattr(walk_module, "Prefetcher", _Recorder)
+    return _Recorder
+
+
+def test_the_walk_sends_its_runs_in_its_own_order_and_closes_the_child(tmp_path, recorder):
+    store = _store(tmp_path)
+    walk = Walk(str(store), io_threads=4)
+    runs = [e.path for e in walk if type(e).__name__ == "Run"]
+    (child,) = recorder.made
+    assert child.fed == runs and len(runs) == 6
+    assert child.closed
+
+
+def test_no_child_for_one_thread_nor_for_sync(tmp_path, recorder):
+    store = _store(tmp_path)
+    list(Walk(str(store), io_threads=1))
+    list(Walk(str(store), io_threads=8, selector=lambda kind, uid, path: True))
+    assert recorder.made == []
+
+
+def test_a_walk_given_up_early_ends_the_child(tmp_path):
+    store = _store(tmp_path, runs=40)
+    walk = Walk(str(store), io_threads=4)
+    it = iter(walk)
+    next(it), next(it)
+    proc = walk._prefetcher._proc
+    assert proc.poll() is None  # still reading ahead
+    it.close()
+    assert proc.poll() is not None and walk._prefetcher is None
+
+
+def test_a_child_that_cannot_start_or_dies_changes_nothing(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    expected = [repr(e) for e in Walk(str(store), io_threads=1)]
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    assert not prefetch.Prefetcher().running
+    assert [repr(e) for e in Walk(str(store), io_threads=4)] == expected
+    monkeypatch.undo()
+    child = prefetch.Prefetcher()
+    child._proc.kill()
+    child._proc.wait()
+    child.feed([str(store)] * 100_000)  # a pipe nobody reads: no error, no hang
+    assert not child.running
+    child.close()

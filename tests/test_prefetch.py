@@ -87,10 +87,11 @@ class _Recorder:
     made = []
 
     def __init__(self):
-        self.fed, self.closed = [], False
+        self.fed, self.batches, self.closed = [], [], False
         _Recorder.made.append(self)
 
     def feed(self, folders):
+        self.batches.append(list(folders))
         self.fed.extend(folders)
 
     def close(self):
@@ -111,6 +112,16 @@ def test_the_walk_sends_its_runs_in_its_own_order_and_closes_the_child(tmp_path,
     (child,) = recorder.made
     assert child.fed == runs and len(runs) == 6
     assert child.closed
+
+
+def test_the_child_is_kept_a_bounded_number_of_runs_ahead(tmp_path, recorder, monkeypatch):
+    monkeypatch.setattr(walk_module, "PREFETCH_LEAD", 4)
+    monkeypatch.setattr(walk_module, "PREFETCH_STEP", 2)
+    store = _store(tmp_path, runs=12)
+    runs = [e.path for e in Walk(str(store), io_threads=4) if type(e).__name__ == "Run"]
+    (child,) = recorder.made
+    # the first 4 at once, then 2 more for every 2 runs the walk has taken
+    assert child.batches == [runs[0:4], runs[4:6], runs[6:8], runs[8:10], runs[10:12]]
 
 
 def test_no_child_for_one_thread_nor_for_sync(tmp_path, recorder):

@@ -18,14 +18,20 @@ into one reused buffer. It stops at the end of its input, so closing the pipe en
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Iterable, Optional
 
 # Threads in the child: 4 read the many-runs store fastest cold on the bench machines (2 cores);
 # more only add kernel time.
 PREFETCH_THREADS = 4
+# The walk sends a run's folder once it has taken the run PREFETCH_LEAD runs before it, so the
+# child is at most that far ahead (its queue and the page cache it fills stay bounded on a store
+# larger than memory); a new experiment starts with its first PREFETCH_LEAD runs.
+PREFETCH_LEAD = 2048
+PREFETCH_STEP = 256  # runs taken between two sends
 CHUNK = 256 * 1024  # bytes read per call into a thread's buffer
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 # Linux: a read that fails instead of waiting for the disk tells a cached file from a cold one.
@@ -130,35 +136,39 @@ class _Sampler:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     threads = max(1, int(argv[0])) if argv else PREFETCH_THREADS
-    import threading
-    local = threading.local()
-
+    work: queue.SimpleQueue = queue.SimpleQueue()  # (index, folder); None: no more
     sampler = _Sampler()
 
-    def warm(folder: bytes) -> None:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = bytearray(CHUNK)
-        sampler.saw(_warm(os.fsdecode(folder), buf))
-
-    def maybe(index: int, folder: bytes) -> None:
-        if sampler.wanted(index):
-            warm(folder)
-
-    index = 0
-
-    pending = b""
-    with ThreadPoolExecutor(threads) as pool:
-        stdin = sys.stdin.buffer
+    def worker() -> None:
+        buf = bytearray(CHUNK)
         while True:
-            data = stdin.read1(1 << 16) if hasattr(stdin, "read1") else stdin.read(1 << 16)
-            if not data:
-                break
-            *folders, pending = (pending + data).split(b"\0")
-            for folder in folders:
-                if folder:
-                    pool.submit(maybe, index, folder)
-                    index += 1
+            item = work.get()
+            if item is None:
+                return
+            index, folder = item
+            if sampler.wanted(index):
+                sampler.saw(_warm(os.fsdecode(folder), buf))
+
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    # This thread only moves paths from the pipe to the queue, so the walk's writes to the
+    # pipe never wait for the readers; the walk keeps the queue short (``PREFETCH_LEAD``).
+    pending, index = b"", 0
+    stdin = sys.stdin.buffer
+    while True:
+        data = stdin.read1(1 << 16) if hasattr(stdin, "read1") else stdin.read(1 << 16)
+        if not data:
+            break
+        *folders, pending = (pending + data).split(b"\0")
+        for folder in folders:
+            if folder:
+                work.put((index, folder))
+                index += 1
+    for _ in workers:
+        work.put(None)
+    for thread in workers:
+        thread.join()
     return 0
 
 

@@ -42,7 +42,7 @@ from .parse import (
     store_bounds,
     walk_key_files,
 )
-from .prefetch import Prefetcher
+from .prefetch import PREFETCH_LEAD, PREFETCH_STEP, Prefetcher
 
 TRASH = ".trash"
 REGISTRY = "models"
@@ -414,11 +414,11 @@ class Walk:
 
     # -- runs, read ahead on I/O threads and taken in walk order ------------------------------
     def _runs(self, experiment: Experiment, run_paths: List[str]) -> Iterator[Entity]:
-        if self.prefetch and len(run_paths) > 1:
-            if self._prefetcher is None:
-                self._prefetcher = Prefetcher()
-            self._prefetcher.feed(run_paths)
-        for unit in self.in_order(lambda path: self._read_unit(experiment, path), run_paths):
+        sent = self._prefetch(run_paths, 0, 0)
+        units = self.in_order(lambda path: self._read_unit(experiment, path), run_paths)
+        for taken, unit in enumerate(units):
+            if sent < len(run_paths) and taken % PREFETCH_STEP == 0:
+                sent = self._prefetch(run_paths, sent, taken)
             entity = self._take_run(unit)
             if entity is not None:
                 yield entity
@@ -440,6 +440,18 @@ class Walk:
         if unit.run.status == "RUNNING":  # its files as read, to see later whether they change
             unit.running_files = _file_states(run_path)
         return unit
+
+    def _prefetch(self, run_paths: List[str], sent: int, taken: int) -> int:
+        """Send the child (``prefetch.py``) the runs up to ``PREFETCH_LEAD`` past the ``taken``
+        ones; return how many of ``run_paths`` it has now."""
+        if not self.prefetch or len(run_paths) < 2:
+            return len(run_paths)
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher()
+        end = min(len(run_paths), taken + PREFETCH_LEAD)
+        if end > sent:
+            self._prefetcher.feed(run_paths[sent:end])
+        return max(sent, end)
 
     def _take_run(self, unit: "_Unit") -> Optional[Entity]:
         """On the caller's thread, in walk order: merge what the run recorded, decide what

@@ -9,8 +9,8 @@ order, so nothing it produces depends on the child. When the child cannot start 
 walk just reads a colder cache.
 
 Measured on the many-runs bench store (30k runs, 750k files, 2 cores) after dropping the page
-cache: migrate 143.8 s without the child, 80-89 s with it; warm 38-41 s with it, 47.6 s without
-(bench/RESULTS.md).
+cache: migrate 125-144 s without the child, 90-92 s with it; warm 43.6-48.3 s with it, 47.7 s
+without (bench/RESULTS.md).
 
 The child never follows a link, opens only regular files (a FIFO would block it) and reads each
 into one reused buffer. It stops at the end of its input, so closing the pipe ends it.

@@ -33,7 +33,8 @@ PREFETCH_THREADS = 4
 PREFETCH_LEAD = 2048
 PREFETCH_STEP = 256  # runs taken between two sends
 CHUNK = 256 * 1024  # bytes read per call into a thread's buffer
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+# No link is followed, and a FIFO opens without waiting for a writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 # Linux: a read that fails instead of waiting for the disk tells a cached file from a cold one.
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
 WARM_STREAK = 32
@@ -44,13 +45,13 @@ class Prefetcher:
     """The parent's end: ``feed`` folders in the order the walk will read them."""
 
     def __init__(self, threads: int = PREFETCH_THREADS):
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: Optional[subprocess.Popen] = None  # None: no child, a colder cache
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow_fs2sql.prefetch", str(threads)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except OSError:
-            self._proc = None  # no child: the walk reads a colder cache, nothing else changes
+            pass
 
     @property
     def running(self) -> bool:
@@ -100,7 +101,7 @@ def _warm(folder: str, buf: bytearray) -> bool:
 
 def _read(path: str, buf: bytearray) -> bool:
     """Read one file; return whether its first bytes were not cached (``RWF_NOWAIT``)."""
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    fd = os.open(path, _OPEN_FLAGS)
     try:
         cold = True
         if _NOWAIT:
@@ -108,9 +109,9 @@ def _read(path: str, buf: bytearray) -> bool:
                 if os.preadv(fd, [buf], 0, _NOWAIT) < len(buf):
                     return False
                 cold = False
+                os.lseek(fd, len(buf), os.SEEK_SET)  # preadv leaves the offset where it was
             except BlockingIOError:
                 pass
-            os.lseek(fd, 0, os.SEEK_SET)
         while os.readv(fd, [buf]) == len(buf):
             pass
         return cold
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     pending, index = b"", 0
     stdin = sys.stdin.buffer
     while True:
-        data = stdin.read1(1 << 16) if hasattr(stdin, "read1") else stdin.read(1 << 16)
+        data = stdin.read1(1 << 16)
         if not data:
             break
         *folders, pending = (pending + data).split(b"\0")

@@ -7,9 +7,11 @@ where io_uring is missing the child must read file by file instead.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,10 @@ def test_a_folder_is_warmed_in_batches_and_reported_cold_once(tmp_path):
     for path in paths:
         _evict(path)
     assert prefetch._warm_batched(str(folder), ring) is True
+    # The batch does not wait for the disk: the kernel finishes reading in the background.
+    deadline = time.monotonic() + 10
+    while [p for p in paths if not _cached(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [p for p in paths if not _cached(p)] == []
     assert prefetch._warm_batched(str(folder), ring) is False
     ring.close()
@@ -150,3 +156,32 @@ def test_without_io_uring_the_child_reads_file_by_file(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", stdin)
     assert prefetch.main(["2"]) == 0
     assert warmed == [str(folder)]
+
+
+class _RingWithoutNowait:
+    """A file system that cannot read without waiting (no FMODE_NOWAIT): EOPNOTSUPP per read."""
+    entries = 8
+    closed = False
+
+    def read(self, fds, nowait):
+        return [-errno.EOPNOTSUPP] * len(fds)
+
+    def close(self):
+        self.closed = True
+
+
+def test_where_reads_cannot_skip_waiting_the_child_reads_file_by_file(tmp_path, monkeypatch):
+    folders = []
+    for name in ("a", "b"):
+        folders.append(tmp_path / name)
+        folders[-1].mkdir()
+        (folders[-1] / "meta.yaml").write_text("run_id: x\n")
+    ring = _RingWithoutNowait()
+    assert prefetch._warm_batched(str(folders[0]), ring) is None
+    monkeypatch.setattr(uring.Ring, "open", classmethod(lambda cls, **kw: ring))
+    warmed = []
+    monkeypatch.setattr(prefetch, "_warm", lambda f, buf: warmed.append(f) or False)
+    data = b"".join(os.fsencode(str(f)) + b"\0" for f in folders)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert prefetch.main(["1"]) == 0
+    assert warmed == [str(f) for f in folders] and ring.closed

@@ -15,8 +15,9 @@ the page cache: migrate 125-144 s without the child and 90-92 s with it reading 
 (one machine); 38.8 s file by file and 24-27 s batched (another, faster machine, 15 s warm);
 see bench/RESULTS.md.
 
-The child never follows a link, opens only regular files (a FIFO would block it) and reads each
-into one reused buffer. It stops at the end of its input, so closing the pipe ends it.
+The child never follows a link, opens only regular files (and those ``O_NONBLOCK``, so one
+turned into a FIFO meanwhile cannot block it) and reads each into one reused buffer. It stops
+at the end of its input, so closing the pipe ends it.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import errno
 import itertools
 import os
 import queue
-import stat
 import subprocess
 import sys
 import threading
@@ -33,7 +33,8 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 from .uring import Ring
 
 # Threads in the child: 4 read the many-runs store fastest cold on the bench machines (2 cores);
-# more only add kernel time.
+# more only add kernel time (with io_uring, 6 made the child alone faster but migrate slower:
+# 26.5-27.5 s against 23.7-24.4 s cold).
 PREFETCH_THREADS = 4
 # The walk sends a run's folder once it has taken the run PREFETCH_LEAD runs before it, so the
 # child is at most that far ahead (its queue and the page cache it fills stay bounded on a store
@@ -88,8 +89,8 @@ class Prefetcher:
         proc.wait()
 
 
-def _files(folder: str) -> Iterator[str]:
-    """The regular files under ``folder``, no link followed."""
+def _files(folder: str) -> Iterator[Tuple[int, str]]:
+    """(inode number, path) of the regular files under ``folder``, no link followed."""
     stack = [folder]
     while stack:
         try:
@@ -99,7 +100,7 @@ def _files(folder: str) -> Iterator[str]:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
-                            yield entry.path
+                            yield entry.inode(), entry.path
                     except OSError:
                         pass  # the walk reports it, if it matters
         except OSError:
@@ -109,7 +110,7 @@ def _files(folder: str) -> Iterator[str]:
 def _warm(folder: str, buf: bytearray) -> bool:
     """Read every regular file under ``folder`` once; return whether any was not cached."""
     cold = False
-    for path in _files(folder):
+    for _, path in _files(folder):
         try:
             cold = _read(path, buf) or cold
         except OSError:
@@ -117,41 +118,33 @@ def _warm(folder: str, buf: bytearray) -> bool:
     return cold
 
 
-def _warm_batched(folder: str, ring: Ring) -> bool:
+def _warm_batched(folder: str, ring: Ring) -> Optional[bool]:
     """``_warm`` in batches of one io_uring call (``uring.py``): the kernel then merges the
     reads of a folder's adjacent files into a few disk requests. Files go in inode order, which
-    on ext4 follows their order on the disk."""
+    on ext4 follows their order on the disk. The reads never wait for the disk (the files are
+    open ``O_NONBLOCK``, and marked ``RWF_NOWAIT``): a cold file answers EAGAIN once the kernel
+    has started reading it into the page cache, and the child moves on. Returns None where the
+    file system cannot read without waiting (then ``_warm`` must read the folder)."""
     cold, files = False, _files(folder)
     while True:
-        fds: List[Tuple[int, int]] = []  # (inode, fd)
+        fds: List[int] = []
         try:
-            for path in itertools.islice(files, ring.entries):
+            # The inode numbers come with the folder's listing: sorting costs no system call.
+            for _, path in sorted(itertools.islice(files, ring.entries)):
                 try:
-                    fd = os.open(path, _OPEN_FLAGS)
+                    fds.append(os.open(path, _OPEN_FLAGS))
                 except OSError:
-                    continue
-                fds.append((0, fd))
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    fds[-1] = (st.st_ino, fd)
-                else:
-                    os.close(fds.pop()[1])
+                    pass
             if not fds:
                 return cold
-            fds.sort()
-            ordered = [fd for _, fd in fds]
-            results = ring.read(ordered, nowait=True)
-            # Not cached (the disk is now reading it), or a file system that cannot say so
-            # without reading: the second call waits for (or does) the reading.
-            again = [fd for fd, res in zip(ordered, results)
-                     if res in (-errno.EAGAIN, -errno.EOPNOTSUPP)]
-            if again:
-                cold = True
-                ring.read(again, nowait=False)
+            results = ring.read(fds, nowait=True)
+            if -errno.EOPNOTSUPP in results:
+                return None
+            cold = cold or -errno.EAGAIN in results
         except OSError:
             pass  # the walk reports it, if it matters
         finally:
-            for _, fd in fds:
+            for fd in fds:
                 os.close(fd)
 
 
@@ -207,7 +200,13 @@ def main(argv=None) -> int:
                 index, folder = item
                 if sampler.wanted(index):
                     folder = os.fsdecode(folder)
-                    sampler.saw(_warm_batched(folder, ring) if ring else _warm(folder, buf))
+                    cold = _warm_batched(folder, ring) if ring else None
+                    if cold is None:  # no io_uring, or a file system that cannot use it
+                        if ring:
+                            ring.close()
+                        ring, buf = None, buf or bytearray(CHUNK)
+                        cold = _warm(folder, buf)
+                    sampler.saw(cold)
         finally:
             if ring:
                 ring.close()

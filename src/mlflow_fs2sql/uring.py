@@ -113,8 +113,9 @@ class Ring:
     def read(self, fds: Sequence[int], nowait: bool) -> List[int]:
         """Read the first bytes of up to ``entries`` fds at once; per fd the byte count or a
         negative errno. With ``nowait``, never wait for the disk: a file that was not cached
-        answers ``-EAGAIN`` (the kernel has started reading it ahead) and, on a file system that
-        cannot tell, ``-EAGAIN`` or ``-EOPNOTSUPP`` without reading."""
+        answers ``-EAGAIN`` (the kernel has started reading it ahead), and every file of a file
+        system that cannot read without waiting answers ``-EOPNOTSUPP``. A file opened
+        ``O_NONBLOCK`` is never waited for either way."""
         n = len(fds)
         if n > self.entries:
             raise ValueError("more fds than ring entries")

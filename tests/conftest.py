@@ -89,6 +89,16 @@ def tiny_store(tmp_path) -> Path:
     })
 
 
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache, where the file system does (tmpfs keeps them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def tree_hash(root: Path) -> str:
     """A hash of every path, mode and content below root (the source must never change)."""
     h = hashlib.sha256()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import experiment_meta, run_meta, write_files
+from conftest import evict, experiment_meta, run_meta, write_files
 
 from mlflow_fs2sql import prefetch
 from mlflow_fs2sql import walk as walk_module
@@ -53,12 +53,7 @@ def test_the_child_reads_what_it_is_sent_and_ends_without_blocking_on_a_fifo(tmp
 def test_a_file_dropped_from_the_cache_reads_as_cold_once(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x" * 10_000)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
     buf = bytearray(prefetch.CHUNK)
     first = prefetch._read(str(path), buf)
     if not first:

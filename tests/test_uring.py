@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import evict
 
 from mlflow_fs2sql import prefetch, uring
 
@@ -23,22 +24,12 @@ needs_ring = pytest.mark.skipif(
     RING is None, reason="io_uring is not usable here (not Linux x86_64, or forbidden)")
 
 
-def _evict(path: Path) -> None:
-    """Drop a file's pages from the page cache (``_evicts`` says whether that works here)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _evicts(folder: Path) -> bool:
     """Whether this file system drops pages on request (tmpfs, for one, keeps them). Probed on
     a file of its own: a probe with RWF_NOWAIT starts reading the file back in."""
     probe = folder / ".probe"
     probe.write_bytes(b"p" * 10_000)
-    _evict(probe)
+    evict(probe)
     cached = _cached(probe)
     probe.unlink()
     return not cached
@@ -84,7 +75,7 @@ def test_nowait_answers_eagain_for_a_cold_file_and_starts_reading_it(tmp_path):
     path.write_bytes(b"y" * 20_000)
     if not _evicts(tmp_path):
         pytest.skip("this file system keeps the pages despite POSIX_FADV_DONTNEED")
-    _evict(path)
+    evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         first = RING.read([fd], nowait=True)
@@ -108,7 +99,7 @@ def test_a_folder_is_warmed_in_batches_and_reported_cold_once(tmp_path):
     if not _evicts(tmp_path):
         pytest.skip("this file system keeps the pages despite POSIX_FADV_DONTNEED")
     for path in paths:
-        _evict(path)
+        evict(path)
     assert prefetch._warm_batched(str(folder), ring) is True
     # The batch does not wait for the disk: the kernel finishes reading in the background.
     deadline = time.monotonic() + 10

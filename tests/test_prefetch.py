@@ -150,3 +150,22 @@ def test_a_child_that_cannot_start_or_dies_changes_nothing(tmp_path, monkeypatch
     child.feed([str(store)] * 100_000)  # a pipe nobody reads: no error, no hang
     assert not child.running
     child.close()
+
+
+def test_the_child_imports_nothing_from_the_working_folder(tmp_path, monkeypatch):
+    # ``python -m`` would put the working folder first on sys.path: a user's queue.py there
+    # would be imported, and run, by the child instead of the standard library's.
+    store = _store(tmp_path, runs=8)
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("queue", "threading", "platform", "mmap", "ctypes"):
+        (work / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    monkeypatch.chdir(work)
+    child = prefetch.Prefetcher(2)
+    assert child.running
+    child.feed(str(p) for p in sorted((store / "1").iterdir()) if p.is_dir())
+    proc = child._proc
+    proc.stdin.close()  # the end of its input: it reads what it has, then ends by itself
+    assert proc.wait(timeout=60) == 0
+    assert not marker.exists(), marker.read_text()

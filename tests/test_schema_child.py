@@ -59,3 +59,20 @@ def test_a_child_that_dies_is_reported_too(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", dying)
     with pytest.raises(SchemaError, match="ended without a schema .killed."):
         schema.empty_sqlite_schema("0123456789ab")
+
+
+def test_a_folder_named_mlflow_where_fs2sql_runs_is_not_imported(tmp_path, monkeypatch):
+    # ``python -m`` puts the working folder first on sys.path: a clone of MLflow's repository
+    # (a folder ``mlflow``) there must not replace the installed MLflow in the child.
+    work = tmp_path / "work"
+    (work / "mlflow").mkdir(parents=True)
+    (work / "mlflow" / "__init__.py").write_text("raise ImportError('the wrong mlflow')\n")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("FS2SQL_CACHE_DIR", "cache")  # relative: the child runs elsewhere
+    path, info = schema.empty_sqlite_schema()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == \
+            info.revision
+    finally:
+        con.close()

@@ -30,6 +30,7 @@ import sys
 import threading
 from typing import Iterable, Iterator, List, Optional, Tuple
 
+from .child import module_command
 from .uring import Ring
 
 # Threads in the child: 4 read the many-runs store fastest cold on the bench machines (2 cores);
@@ -57,7 +58,7 @@ class Prefetcher:
         self._proc: Optional[subprocess.Popen] = None  # None: no child, a colder cache
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow_fs2sql.prefetch", str(threads)],
+                module_command("mlflow_fs2sql.prefetch", str(threads)),
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except OSError:
             pass

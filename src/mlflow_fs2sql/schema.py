@@ -119,11 +119,12 @@ def _build_sqlite_schema(path: str, revision: Optional[str]) -> str:
     bench store, later ones (cached schema) at 103 MB."""
     import json
     import subprocess
-    import sys
 
-    done = subprocess.run(
-        [sys.executable, "-m", "mlflow_fs2sql.schema", path, revision or ""],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    from .child import module_command
+
+    done = subprocess.run(module_command("mlflow_fs2sql.schema", path, revision or ""),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
     out = done.stdout.decode("utf-8", "replace").strip()
     if done.returncode == 0 and out:
         return out.splitlines()[-1]

@@ -311,6 +311,36 @@ def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
     assert levels.count(1) >= 2, levels
 
 
+class _WaitsThenComputes:
+    """Waits (threads pay) for the first ``switch`` items, then computes (they do not)."""
+
+    def __init__(self, switch: int):
+        self.switch, self.waits, self.computes = switch, _Waits(), _Computes()
+
+    def __call__(self, i):
+        (self.waits if i < self.switch else self.computes)(i)
+        return self.result(i)
+
+    @staticmethod
+    def result(i):
+        return i * 3
+
+
+def test_the_same_choice_again_puts_the_next_measurement_twice_as_far_off(monkeypatch):
+    # On a warm cache each measurement reads a segment at a thread count that loses; measured
+    # every PROBE_EVERY runs, that cost a warm migration 20%. A choice that stays the same is
+    # measured twice as late each time (up to PROBE_EVERY_MAX), a new one after PROBE_EVERY.
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 16)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 64)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY_MAX", 256)
+    # 48 measuring (1, 2, 4 threads) + 64, 48 + 128, 48 + 256, 48 + 256: 4 measurements, not 8
+    assert _levels(_Waits(), 896, io_threads=4) == [4, 4, 4, 4]
+    # Waits for 288 items (two measurements and 64 + 128 items after them), then computes:
+    # the third chooses 1 thread (a 1-thread and a 2-thread segment: 32 items), so the fourth
+    # comes 64 items later, at item 384 -- not 256 later, as it would for the same choice.
+    assert _levels(_WaitsThenComputes(288), 416, io_threads=4) == [4, 4, 1, 1]
+
+
 class _WaitsOnThreads(_Waits):
     """A slow read that records whether it ran on the caller's thread."""
 

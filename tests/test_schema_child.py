@@ -68,7 +68,7 @@ def test_a_folder_named_mlflow_where_fs2sql_runs_is_not_imported(tmp_path, monke
     (work / "mlflow").mkdir(parents=True)
     (work / "mlflow" / "__init__.py").write_text("raise ImportError('the wrong mlflow')\n")
     monkeypatch.chdir(work)
-    monkeypatch.setenv("FS2SQL_CACHE_DIR", "cache")  # relative: the child runs elsewhere
+    monkeypatch.setenv("FS2SQL_CACHE_DIR", "cache")  # relative: the child shares the folder
     path, info = schema.empty_sqlite_schema()
     con = sqlite3.connect(path)
     try:

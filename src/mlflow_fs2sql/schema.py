@@ -173,8 +173,9 @@ def _build_in_this_process(path: str, revision: Optional[str]) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m mlflow_fs2sql.schema PATH [REVISION]``: build an empty schema into PATH and
-    print its revision; on failure, print the error as one JSON line and exit 1."""
+    """The child (``child.module_command("mlflow_fs2sql.schema", PATH, REVISION)``): build an
+    empty schema into PATH and print its revision; on failure, print the error as one JSON line
+    and exit 1."""
     import json
     import sys
 

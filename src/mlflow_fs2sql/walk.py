@@ -507,7 +507,7 @@ class Walk:
         warm cache (where each turn of the GIL costs more than the read it waits for) stays on
         one thread, and a disk that serves parallel requests no faster gets no more of them.
         What was chosen for a ``kind`` of item carries over to the next call (the next
-        experiment's runs) until ``PROBE_EVERY`` items of that kind have been read with it."""
+        experiment's runs) until that many items of that kind have been read with it."""
         if self.io_threads == 1 or len(items) < 2:
             for item in items:
                 yield fn(item)
@@ -542,11 +542,11 @@ class Walk:
             fastest = min(per_item.values())
             best = min(level for level, t in per_item.items() if t <= fastest * (1 + TOLERANCE))
             self.io_levels.append(best)
-            if choice.measured and best == choice.threads:
+            if choice.every and best == choice.threads:
                 choice.every = min(2 * choice.every, max(PROBE_EVERY, PROBE_EVERY_MAX))
             else:
                 choice.every = PROBE_EVERY
-            choice.threads, choice.left, choice.measured = best, choice.every, True
+            choice.threads, choice.left = best, choice.every
 
     def _at_level(self, fn: Callable, items: Sequence, threads: int,
                   until: Optional[float] = None) -> Iterator:
@@ -979,8 +979,7 @@ class _Choice:
     many more items before it measures again."""
     threads: int = 1
     left: int = 0
-    every: int = 0  # items between the last measurement and the next
-    measured: bool = False
+    every: int = 0  # items between the last measurement and the next; 0: not measured yet
 
 
 def _rows(result) -> int:

@@ -169,3 +169,16 @@ def test_the_child_imports_nothing_from_the_working_folder(tmp_path, monkeypatch
     proc.stdin.close()  # the end of its input: it reads what it has, then ends by itself
     assert proc.wait(timeout=60) == 0
     assert not marker.exists(), marker.read_text()
+
+
+def test_the_child_reads_no_artifacts_only_what_the_walk_reads(tmp_path):
+    # MLflow's default artifact location is the run's own artifacts folder: models and
+    # checkpoints the walk never reads (only their URI). A folder named so deeper down, say
+    # a metric key "artifacts/x", is read as usual.
+    run = tmp_path / "run"
+    write_files(run, {"meta.yaml": "run_id: x\n", "artifacts/model.bin": "m" * 1000,
+                      "artifacts/sub/weights": "w", "metrics/artifacts/x": "1 0.5 0\n",
+                      "params/lr": "0.1"})
+    got = sorted(os.path.relpath(path, run) for _, path in prefetch._files(str(run)))
+    assert got == ["meta.yaml", os.path.join("metrics", "artifacts", "x"),
+                   os.path.join("params", "lr")]

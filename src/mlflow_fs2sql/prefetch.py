@@ -15,9 +15,10 @@ the page cache: migrate 125-144 s without the child and 90-92 s with it reading 
 (one machine); 38.8 s file by file and 24-27 s batched (another, faster machine, 15 s warm);
 see bench/RESULTS.md.
 
-The child never follows a link, opens only regular files (and those ``O_NONBLOCK``, so one
-turned into a FIFO meanwhile cannot block it) and reads each into one reused buffer. It stops
-at the end of its input, so closing the pipe ends it.
+The child never follows a link nor enters a run's ``artifacts`` folder (which the walk never
+reads), opens only regular files (and those ``O_NONBLOCK``, so one turned into a FIFO meanwhile
+cannot block it) and reads each into one reused buffer. It stops at the end of its input, so
+closing the pipe ends it.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 # Linux: a read that fails instead of waiting for the disk tells a cached file from a cold one.
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
 WARM_STREAK = 32
+SKIPPED = "artifacts"  # in a run folder
 SAMPLE_EVERY = 16
 
 
@@ -91,15 +93,21 @@ class Prefetcher:
 
 
 def _files(folder: str) -> Iterator[Tuple[int, str]]:
-    """(inode number, path) of the regular files under ``folder``, no link followed."""
+    """(inode number, path) of the regular files under the run folder ``folder``, no link
+    followed, none under its ``artifacts`` folder."""
     stack = [folder]
     while stack:
+        current = stack.pop()
         try:
-            with os.scandir(stack.pop()) as entries:
+            with os.scandir(current) as entries:
                 for entry in entries:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
+                            # The walk never reads a run's artifacts, only their URI; MLflow's
+                            # default artifact location puts models and checkpoints there,
+                            # gigabytes that would crowd out the files the walk needs.
+                            if current is not folder or entry.name != SKIPPED:
+                                stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
                             yield entry.inode(), entry.path
                     except OSError:

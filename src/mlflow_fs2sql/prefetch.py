@@ -49,8 +49,10 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 # Linux: a read that fails instead of waiting for the disk tells a cached file from a cold one.
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
 WARM_STREAK = 32
-SKIPPED = "artifacts"  # in a run folder
 SAMPLE_EVERY = 16
+# A run's own subfolder the walk never reads (it copies only the URI); MLflow's default artifact
+# location puts models and checkpoints there, gigabytes that would crowd out what the walk needs.
+RUN_ARTIFACTS = "artifacts"
 
 
 class Prefetcher:
@@ -103,10 +105,7 @@ def _files(folder: str) -> Iterator[Tuple[int, str]]:
                 for entry in entries:
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            # The walk never reads a run's artifacts, only their URI; MLflow's
-                            # default artifact location puts models and checkpoints there,
-                            # gigabytes that would crowd out the files the walk needs.
-                            if current is not folder or entry.name != SKIPPED:
+                            if current is not folder or entry.name != RUN_ARTIFACTS:
                                 stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
                             yield entry.inode(), entry.path

@@ -311,11 +311,32 @@ def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
     assert levels.count(1) >= 2, levels
 
 
-class _WaitsThenComputes:
-    """Waits (threads pay) for the first ``switch`` items, then computes (they do not)."""
+class _LosesOnThreads:
+    """A read that takes 1 ms on the caller's thread and 3 ms, one at a time, on a worker: the
+    cost of threads on a warm cache, made large and independent of the machine's load. (A
+    spin under the GIL, ``_Computes``, ties 1 and 2 threads within a few percent: on a busy
+    2-core CI machine, noise tipped one measurement to 2 threads.)"""
+
+    _lock = threading.Lock()
+
+    def __call__(self, i):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.001)
+        else:
+            with self._lock:
+                time.sleep(0.003)
+        return self.result(i)
+
+    @staticmethod
+    def result(i):
+        return -i
+
+
+class _WaitsThenLoses:
+    """Waits (threads pay) for the first ``switch`` items, then loses on threads."""
 
     def __init__(self, switch: int):
-        self.switch, self.waits, self.computes = switch, _Waits(), _Computes()
+        self.switch, self.waits, self.computes = switch, _Waits(), _LosesOnThreads()
 
     def __call__(self, i):
         (self.waits if i < self.switch else self.computes)(i)
@@ -335,10 +356,10 @@ def test_the_same_choice_again_puts_the_next_measurement_twice_as_far_off(monkey
     monkeypatch.setattr(walk_module, "PROBE_EVERY_MAX", 256)
     # 48 measuring (1, 2, 4 threads) + 64, 48 + 128, 48 + 256, 48 + 256: 4 measurements, not 8
     assert _levels(_Waits(), 896, io_threads=4) == [4, 4, 4, 4]
-    # Waits for 288 items (two measurements and 64 + 128 items after them), then computes:
+    # Waits for 288 items (two measurements and 64 + 128 items after them), then loses on threads:
     # the third chooses 1 thread (a 1-thread and a 2-thread segment: 32 items), so the fourth
     # comes 64 items later, at item 384 -- not 256 later, as it would for the same choice.
-    assert _levels(_WaitsThenComputes(288), 416, io_threads=4) == [4, 4, 1, 1]
+    assert _levels(_WaitsThenLoses(288), 416, io_threads=4) == [4, 4, 1, 1]
 
 
 class _WaitsOnThreads(_Waits):

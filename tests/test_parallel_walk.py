@@ -279,21 +279,6 @@ class _Waits:
         return i * 3
 
 
-class _Computes:
-    """A read that only computes under the GIL: threads cannot make it faster."""
-
-    def __call__(self, i):
-        t = time.thread_time() + 0.0015
-        x = 0
-        while time.thread_time() < t:
-            x += 1
-        return self.result(i)
-
-    @staticmethod
-    def result(i):
-        return -i
-
-
 def test_the_walk_climbs_to_more_threads_where_reads_wait(monkeypatch):
     monkeypatch.setattr(walk_module, "PROBE_ITEMS", 16)
     monkeypatch.setattr(walk_module, "PROBE_EVERY", 64)
@@ -302,20 +287,11 @@ def test_the_walk_climbs_to_more_threads_where_reads_wait(monkeypatch):
     assert _levels(_Waits(), 400, io_threads=2) and max(_levels(_Waits(), 400, io_threads=2)) <= 2
 
 
-def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
-    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 24)
-    monkeypatch.setattr(walk_module, "PROBE_EVERY", 48)
-    levels = _levels(_Computes(), 24 * 2 + 48 + 24 * 2 + 48 + 24 * 2 + 48)
-    assert len(levels) == 3, levels
-    # timing noise may tip one measurement; most must see that threads gain nothing
-    assert levels.count(1) >= 2, levels
-
-
 class _LosesOnThreads:
     """A read that takes 1 ms on the caller's thread and 3 ms, one at a time, on a worker: the
     cost of threads on a warm cache, made large and independent of the machine's load. (A
-    spin under the GIL, ``_Computes``, ties 1 and 2 threads within a few percent: on a busy
-    2-core CI machine, noise tipped one measurement to 2 threads.)"""
+    spin under the GIL ties 1 and 2 threads within a few percent: on a busy 2-core CI machine,
+    noise tipped measurements to 2 or 4 threads and two tests failed now and then.)"""
 
     _lock = threading.Lock()
 
@@ -332,14 +308,25 @@ class _LosesOnThreads:
         return -i
 
 
+def test_the_walk_stays_on_one_thread_where_threads_do_not_pay(monkeypatch):
+    # Threads cost each read 3x here. With a real GIL-bound read instead, a busy 2-core machine
+    # chose 4 threads in one measurement of four: what a real store does is the bench's to show.
+    monkeypatch.setattr(walk_module, "PROBE_ITEMS", 24)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY", 48)
+    monkeypatch.setattr(walk_module, "PROBE_EVERY_MAX", 48)
+    # each measurement reads a 1-thread and a 2-thread segment (48 items), then 48 at its choice
+    levels = _levels(_LosesOnThreads(), 3 * (24 * 2 + 48))
+    assert levels == [1, 1, 1], levels
+
+
 class _WaitsThenLoses:
     """Waits (threads pay) for the first ``switch`` items, then loses on threads."""
 
     def __init__(self, switch: int):
-        self.switch, self.waits, self.computes = switch, _Waits(), _LosesOnThreads()
+        self.switch, self.waits, self.loses = switch, _Waits(), _LosesOnThreads()
 
     def __call__(self, i):
-        (self.waits if i < self.switch else self.computes)(i)
+        (self.waits if i < self.switch else self.loses)(i)
         return self.result(i)
 
     @staticmethod

@@ -99,6 +99,20 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
+def cached(path: Path, offset: int = 0) -> bool:
+    """Whether the page of ``path`` at ``offset`` is in the page cache (Linux: a read with
+    RWF_NOWAIT fails instead of waiting for the disk). A miss may start reading that part back
+    in, so ask once per place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], offset, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def tree_hash(root: Path) -> str:
     """A hash of every path, mode and content below root (the source must never change)."""
     h = hashlib.sha256()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import evict
+from conftest import cached, evict
 
 from mlflow_fs2sql import prefetch, uring
 
@@ -30,20 +30,9 @@ def _evicts(folder: Path) -> bool:
     probe = folder / ".probe"
     probe.write_bytes(b"p" * 10_000)
     evict(probe)
-    cached = _cached(probe)
+    was_cached = cached(probe)
     probe.unlink()
-    return not cached
-
-
-def _cached(path: Path) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return not was_cached
 
 
 @needs_ring
@@ -103,9 +92,9 @@ def test_a_folder_is_warmed_in_batches_and_reported_cold_once(tmp_path):
     assert prefetch._warm_batched(str(folder), ring) is True
     # The batch does not wait for the disk: the kernel finishes reading in the background.
     deadline = time.monotonic() + 10
-    while [p for p in paths if not _cached(p)] and time.monotonic() < deadline:
+    while [p for p in paths if not cached(p)] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [p for p in paths if not _cached(p)] == []
+    assert [p for p in paths if not cached(p)] == []
     assert prefetch._warm_batched(str(folder), ring) is False
     ring.close()
 

@@ -353,6 +353,65 @@ def test_verify_finds_a_changed_value(server, tmp_path):
     assert "param 'lr', field 'value': source='0.1', target='0.2'" in result.stdout
 
 
+def test_verify_on_a_server_finds_every_damage_in_any_batch(server, tmp_path, monkeypatch):
+    """The batched read-back on a server (PostgreSQL: one ``= ANY(array)`` statement, integer
+    or text owners; MySQL: ``IN (...)`` of the batch's size) finds each damaged row of each
+    per-entity table, the same whatever the batch size."""
+    from mlflow_fs2sql import verify as verify_module
+    from mlflow_fs2sql.rows import SPECS
+
+    store = fixture_store("3.17.2", "full")
+    url = server.new_db()
+    assert migrate(str(store), url, MigrateOptions(experiment_ids="renumber")).ok
+    damaged = {}  # table -> its label in messages (one row removed, of its first owner)
+    engine = _engine(url)
+    with engine.begin() as conn:
+        for table, (label, _) in verify_module.ROW_LABEL.items():
+            owner = SPECS[table].owner[0]
+            # not the tag that pairs a renumbered experiment with its source ID
+            keep = "`key`" if server.kind == "mysql" else "key"
+            keep = f" AND {keep} <> 'fs2sql.source_experiment_id'" \
+                if table == "experiment_tags" else ""
+            first = conn.exec_driver_sql(f"SELECT MIN({owner}) FROM {table} WHERE 1=1{keep}"
+                                         ).scalar()
+            if first is None:
+                continue
+            one = f"{owner} = %(o)s{keep}"
+            if server.kind == "mysql":
+                sql = f"DELETE FROM {table} WHERE {one} LIMIT 1"
+            else:
+                sql = (f"DELETE FROM {table} WHERE ctid = "
+                       f"(SELECT ctid FROM {table} WHERE {one} LIMIT 1)")
+            assert conn.exec_driver_sql(sql, {"o": first}).rowcount == 1
+            damaged[table] = label
+        run = conn.exec_driver_sql("SELECT MAX(run_uuid) FROM params").scalar()
+        conn.exec_driver_sql("UPDATE params SET value = 'changed' WHERE run_uuid = %(r)s",
+                             {"r": run})
+        changed = conn.exec_driver_sql("SELECT COUNT(*) FROM params WHERE run_uuid = %(r)s",
+                                       {"r": run}).scalar()
+        key = "`key`" if server.kind == "mysql" else "key"
+        conn.exec_driver_sql(f"INSERT INTO params ({key}, value, run_uuid) "
+                             "VALUES ('extra', 'x', %(r)s)", {"r": run})
+    engine.dispose()
+    # an experiment-owned table (integer owner) and a trace-owned one (text) are among them
+    assert {"experiment_tags", "params", "metrics", "trace_tags"} <= set(damaged), damaged
+    found = {}
+    for batch in (1, 3, verify_module.BATCH_ENTITIES):
+        monkeypatch.setattr(verify_module, "BATCH_ENTITIES", batch)
+        report = verify(str(store), url)
+        found[batch] = (report.mismatch_count, report.mismatches)
+        missing = [m for m in report.mismatches if m.endswith(": missing in target")]
+        for table, label in damaged.items():
+            assert any(f" — {label} " in m for m in missing), (table, missing)
+        assert sum("field 'value': source=" in m and "target='changed'" in m
+                   for m in report.mismatches) == changed
+        assert any("param 'extra': in target but not in source" in m
+                   for m in report.mismatches), report.mismatches
+        assert len(missing) == len(damaged), missing
+        assert report.mismatch_count == len(damaged) + changed + 1
+    assert all(v == found[1] for v in found.values())
+
+
 def test_renumbered_prompt_tag_follows(server, tmp_path):
     store = big_id_store(tmp_path)
     url = server.new_db()

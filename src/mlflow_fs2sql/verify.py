@@ -62,6 +62,10 @@ class Verifier:
         self._owners: Dict[str, set] = {}
         self._plans = {}
         self._batched = {}  # table -> the same select for many owners (``owner IN (...)``)
+        # PostgreSQL: ``owner = ANY(array)``, one statement text for every batch (psycopg
+        # prepares it once; ``IN`` with 200 values is a new text to convert and plan each time)
+        self._any = conn.dialect.name == "postgresql"
+        self._selects = {}  # (table, array type or batch size) -> the SQL of a batch
         for table in table_order():
             if not columns.has_table(table):
                 continue
@@ -75,8 +79,7 @@ class Verifier:
                     and_(*[t.c[o] == bindparam(o) for o in spec.owner]))
                 if len(spec.owner) == 1:
                     owner = t.c[spec.owner[0]]
-                    self._batched[table] = select(*cols, owner).where(
-                        owner.in_(bindparam("owners", expanding=True)))
+                    self._batched[table] = (select(*cols, owner), owner)
             else:
                 stmt = select(*cols)
                 self._whole[table] = {}
@@ -107,6 +110,29 @@ class Verifier:
             for table, table_rows in rows.items():
                 self._check_table(table, label, owners, table_rows, actual)
 
+    def _batched_query(self, table: str, keys: list) -> str:
+        """The SQL that reads ``table``'s rows of the owners ``keys``, in the driver's own
+        parameter style: it runs on the driver's cursor, whose rows are plain tuples (through
+        SQLAlchemy's result, making and unpacking its row objects took as long as the query)."""
+        if self._any:
+            # typed, so an integer column meets an integer array (its index serves the lookup)
+            kind = "BIGINT[]" if all(isinstance(k, int) for k in keys) else "TEXT[]"
+            shape = (table, kind)
+        else:
+            shape = (table, len(keys))
+        sql = self._selects.get(shape)
+        if sql is None:
+            stmt, owner = self._batched[table]
+            dialect = self.conn.dialect
+            mark = "?" if dialect.paramstyle == "qmark" else "%s"
+            where = f"= ANY(CAST({mark} AS {kind}))" if self._any else \
+                f"IN ({', '.join([mark] * len(keys))})"
+            sql = f"{stmt.compile(dialect=dialect)} WHERE {owner.compile(dialect=dialect)} {where}"
+            if len(self._selects) > 64:  # a few batch sizes: the last batch, long runs
+                self._selects.clear()
+            self._selects[shape] = sql
+        return sql
+
     def _read_back(self, pending) -> Dict[str, Dict[object, list]]:
         """table -> owner value -> rows, for the batched tables the pending entities have."""
         wanted: Dict[str, dict] = {}
@@ -118,8 +144,15 @@ class Verifier:
         found: Dict[str, Dict[object, list]] = {}
         for table, keys in wanted.items():
             grouped: Dict[object, list] = {k: [] for k in keys}
-            for r in self.conn.execute(self._batched[table], {"owners": list(keys)}):
-                r = tuple(r)
+            keys = list(keys)
+            cursor = self.conn.connection.cursor()
+            try:
+                cursor.execute(self._batched_query(table, keys),
+                               (keys,) if self._any else keys)
+                fetched = cursor.fetchall()
+            finally:
+                cursor.close()
+            for r in fetched:
                 bucket = grouped.get(r[-1])
                 if bucket is not None:
                     bucket.append(r[:-1])

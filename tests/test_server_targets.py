@@ -363,14 +363,14 @@ def test_verify_on_a_server_finds_every_damage_in_any_batch(server, tmp_path, mo
     store = fixture_store("3.17.2", "full")
     url = server.new_db()
     assert migrate(str(store), url, MigrateOptions(experiment_ids="renumber")).ok
+    key = "`key`" if server.kind == "mysql" else "key"
     damaged = {}  # table -> its label in messages (one row removed, of its first owner)
     engine = _engine(url)
     with engine.begin() as conn:
         for table, (label, _) in verify_module.ROW_LABEL.items():
             owner = SPECS[table].owner[0]
             # not the tag that pairs a renumbered experiment with its source ID
-            keep = "`key`" if server.kind == "mysql" else "key"
-            keep = f" AND {keep} <> 'fs2sql.source_experiment_id'" \
+            keep = f" AND {key} <> 'fs2sql.source_experiment_id'" \
                 if table == "experiment_tags" else ""
             first = conn.exec_driver_sql(f"SELECT MIN({owner}) FROM {table} WHERE 1=1{keep}"
                                          ).scalar()
@@ -389,7 +389,6 @@ def test_verify_on_a_server_finds_every_damage_in_any_batch(server, tmp_path, mo
                              {"r": run})
         changed = conn.exec_driver_sql("SELECT COUNT(*) FROM params WHERE run_uuid = %(r)s",
                                        {"r": run}).scalar()
-        key = "`key`" if server.kind == "mysql" else "key"
         conn.exec_driver_sql(f"INSERT INTO params ({key}, value, run_uuid) "
                              "VALUES ('extra', 'x', %(r)s)", {"r": run})
     engine.dispose()

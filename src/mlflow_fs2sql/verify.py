@@ -61,11 +61,12 @@ class Verifier:
         # owner values seen, per owner column (shared by the tables owned by it: flat memory)
         self._owners: Dict[str, set] = {}
         self._plans = {}
-        self._batched = {}  # table -> the same select for many owners (``owner IN (...)``)
+        # table -> (its select, its owner column), read for many owners at once
+        self._batched = {}
+        self._heads: Dict[str, str] = {}  # table -> that select's SQL up to the owner test
         # PostgreSQL: ``owner = ANY(array)``, one statement text for every batch (psycopg
         # prepares it once; ``IN`` with 200 values is a new text to convert and plan each time)
         self._any = conn.dialect.name == "postgresql"
-        self._selects = {}  # (table, array type or batch size) -> the SQL of a batch
         for table in table_order():
             if not columns.has_table(table):
                 continue
@@ -114,24 +115,18 @@ class Verifier:
         """The SQL that reads ``table``'s rows of the owners ``keys``, in the driver's own
         parameter style: it runs on the driver's cursor, whose rows are plain tuples (through
         SQLAlchemy's result, making and unpacking its row objects took as long as the query)."""
+        dialect = self.conn.dialect
+        head = self._heads.get(table)
+        if head is None:
+            stmt, owner = self._batched[table]
+            head = f"{stmt.compile(dialect=dialect)} WHERE {owner.compile(dialect=dialect)}"
+            self._heads[table] = head
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
         if self._any:
             # typed, so an integer column meets an integer array (its index serves the lookup)
             kind = "BIGINT[]" if all(isinstance(k, int) for k in keys) else "TEXT[]"
-            shape = (table, kind)
-        else:
-            shape = (table, len(keys))
-        sql = self._selects.get(shape)
-        if sql is None:
-            stmt, owner = self._batched[table]
-            dialect = self.conn.dialect
-            mark = "?" if dialect.paramstyle == "qmark" else "%s"
-            where = f"= ANY(CAST({mark} AS {kind}))" if self._any else \
-                f"IN ({', '.join([mark] * len(keys))})"
-            sql = f"{stmt.compile(dialect=dialect)} WHERE {owner.compile(dialect=dialect)} {where}"
-            if len(self._selects) > 64:  # a few batch sizes: the last batch, long runs
-                self._selects.clear()
-            self._selects[shape] = sql
-        return sql
+            return f"{head} = ANY(CAST({mark} AS {kind}))"
+        return f"{head} IN ({', '.join([mark] * len(keys))})"
 
     def _read_back(self, pending) -> Dict[str, Dict[object, list]]:
         """table -> owner value -> rows, for the batched tables the pending entities have."""

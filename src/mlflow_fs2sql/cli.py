@@ -5,6 +5,7 @@ README). Heavy modules (SQLAlchemy, Alembic, MLflow) are imported inside the com
 ``--help`` and ``--version`` stay fast.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -410,8 +411,6 @@ GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def main() -> None:
-    import gc
-
     gc.set_threshold(*GC_THRESHOLDS)
     app()
 

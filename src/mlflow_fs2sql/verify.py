@@ -61,8 +61,8 @@ class Verifier:
         # owner values seen, per owner column (shared by the tables owned by it: flat memory)
         self._owners: Dict[str, set] = {}
         self._plans = {}
-        # table -> (its select, its owner column, where the rows hold the owner, whether the
-        # owner is an extra last column to cut off), read for many owners at once
+        # table -> (its select, its owner column, that column's place in the rows), read for
+        # many owners at once
         self._batched = {}
         self._heads: Dict[str, str] = {}  # table -> that select's SQL up to the owner test
         # PostgreSQL: ``owner = ANY(array)``, one statement text for every batch (psycopg
@@ -81,11 +81,9 @@ class Verifier:
                     and_(*[t.c[o] == bindparam(o) for o in spec.owner]))
                 if len(spec.owner) == 1:
                     owner = t.c[spec.owner[0]]
-                    if spec.owner[0] in names:  # the rows carry it: group by it, as they are
-                        self._batched[table] = (select(*cols), owner,
-                                                names.index(spec.owner[0]), False)
-                    else:  # read it too, as a last column, and cut it off
-                        self._batched[table] = (select(*cols, owner), owner, -1, True)
+                    # every owner is one of its table's columns (rows.SPECS): the rows are
+                    # grouped by it as fetched, with no new tuple per row
+                    self._batched[table] = (select(*cols), owner, names.index(spec.owner[0]))
             else:
                 stmt = select(*cols)
                 self._whole[table] = {}
@@ -123,7 +121,7 @@ class Verifier:
         dialect = self.conn.dialect
         head = self._heads.get(table)
         if head is None:
-            stmt, owner = self._batched[table][:2]
+            stmt, owner, _ = self._batched[table]
             head = f"{stmt.compile(dialect=dialect)} WHERE {owner.compile(dialect=dialect)}"
             self._heads[table] = head
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
@@ -152,18 +150,12 @@ class Verifier:
                 fetched = cursor.fetchall()
             finally:
                 cursor.close()
-            _, _, at, cut = self._batched[table]
+            at = self._batched[table][2]
             bucket_of = grouped.get
-            if cut:
-                for r in fetched:
-                    bucket = bucket_of(r[-1])
-                    if bucket is not None:
-                        bucket.append(r[:-1])
-            else:  # no new tuple per row (a run's rows are most of what verify reads)
-                for r in fetched:
-                    bucket = bucket_of(r[at])
-                    if bucket is not None:
-                        bucket.append(r)
+            for r in fetched:
+                bucket = bucket_of(r[at])
+                if bucket is not None:
+                    bucket.append(r)
             found[table] = grouped
         return found
 
